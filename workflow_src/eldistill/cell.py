@@ -1,0 +1,193 @@
+"""One run cell: the complete, validated settings of one distillation run.
+
+A cell is what `eldistill train --config CELL.json` reads, what the workflow writes for each job and what
+`eldistill launch` submits. Its id hashes only the settings that change results; hardware knobs
+(per-GPU batch, where files go, the NaN guard) never enter it, so the same experiment run on another
+cluster keeps its id and its results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DISTILLERS = ("di", "sid", "sida", "sid2a", "dmd", "cm")
+EMBEDDER_FAMILIES = ("cnn", "multiscale", "resnet", "attention")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class CellError(ValueError):
+    """A cell setting is wrong; the message names the key."""
+
+
+@dataclass
+class ELConfig:
+    """The Embedding Loss term the training loop adds to the generator loss (weight 0 = off)."""
+
+    weight: float = 0.0  # lambda_EL
+    archs: list[str] = field(default_factory=lambda: list(EMBEDDER_FAMILIES))
+    inits_per_arch: int = 4
+    bandwidths: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
+    bandwidth_mode: str = "median"  # "median": multiples of the median pairwise distance; "fixed": absolute
+    estimator: str = "unbiased"  # or "biased"
+    feature_norm: str = "none"  # "none" | "l2" | "standardize"
+    working_size: int = 32  # embedders resize/pool their input to this resolution
+    seed: int = 0  # embedder k is built from (family, seed + init index)
+
+    @property
+    def enabled(self) -> bool:
+        return self.weight > 0
+
+
+@dataclass
+class Cell:
+    distiller: str
+    teacher: str  # our .pt teacher checkpoint (see eldistill.checkpoints)
+    dataset: str  # EDM-layout zip or folder: real images for EL (and SiDA's discriminator)
+    batch: int  # global batch per iteration
+    total_images: int  # training length, in generated images (EDM counts kimg the same way)
+    distiller_args: dict[str, Any] = field(default_factory=dict)  # overrides of the distiller's defaults
+    init_generator: str | None = None  # SiD2A: the SiD generator to start from
+    lr: float = 1e-5  # fake score / discriminator
+    glr: float | None = None  # generator; None = lr
+    adam_betas: list[float] = field(default_factory=lambda: [0.0, 0.999])
+    ema_halflife_images: int = 500_000
+    snapshot_images: int = 0  # 0 = only the final snapshot
+    log_images: int = 0  # 0 = one log line per iteration
+    seed: int = 0
+    precision: str = "fp32"
+    el: ELConfig = field(default_factory=ELConfig)
+    # --- not part of the id: hardware knobs and locations -------------------------------------------
+    cell_id: str = ""
+    batch_gpu: int | None = None  # per-process batch; gradient accumulation fills the global batch
+    run_dir: str = ""  # results/<scale>/runs/<cell_id>
+    state_dir: str = ""  # results/<scale>/state/<cell_id>, outside Snakemake's outputs
+    max_nonfinite_steps: int = 20
+    labels: dict[str, Any] = field(default_factory=dict)  # free-form tags (experiment, dataset name)
+
+    HARDWARE_KEYS = ("cell_id", "batch_gpu", "run_dir", "state_dir", "max_nonfinite_steps", "labels")
+
+    # --- construction -----------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "cell") -> Cell:
+        data = dict(data)
+        el = _strict(ELConfig, data.pop("el", {}) or {}, f"{where}.el")
+        cell = _strict(cls, data, where)
+        cell.el = el
+        cell.validate(where)
+        if not cell.cell_id:
+            cell.cell_id = cell.compute_id()
+        return cell
+
+    @classmethod
+    def load(cls, path: str | Path) -> Cell:
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise CellError(f"cell config file not found: {path}") from None
+        except json.JSONDecodeError as e:
+            raise CellError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(data, where=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    # --- identity ---------------------------------------------------------------------------------
+    def result_settings(self) -> dict[str, Any]:
+        """The settings that change results (the id's input)."""
+        d = self.to_dict()
+        for key in self.HARDWARE_KEYS:
+            d.pop(key, None)
+        if not self.el.enabled:
+            d["el"] = {"weight": 0.0}  # the embedder knobs are irrelevant when EL is off
+        return d
+
+    def compute_id(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.result_settings(), sort_keys=True).encode()).hexdigest()
+        el = "el" if self.el.enabled else "noel"
+        return f"{self.distiller}-{el}-b{self.batch}-{digest[:10]}"
+
+    # --- checks -----------------------------------------------------------------------------------
+    def validate(self, where: str = "cell", world_size: int = 1, check_files: bool = False) -> None:
+        def bad(key: str, msg: str) -> CellError:
+            return CellError(f"{where}: '{key}' {msg}")
+
+        if self.distiller not in DISTILLERS:
+            raise bad("distiller", f"is {self.distiller!r}; choose one of {', '.join(DISTILLERS)}")
+        for key in ("batch", "total_images"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise bad(key, f"must be a positive integer, got {value!r}")
+        for key in ("snapshot_images", "log_images", "ema_halflife_images"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 0:
+                raise bad(key, f"must be a non-negative integer, got {value!r}")
+        if self.batch_gpu is not None:
+            if not isinstance(self.batch_gpu, int) or self.batch_gpu <= 0:
+                raise bad("batch_gpu", f"must be a positive integer, got {self.batch_gpu!r}")
+            if self.batch % (self.batch_gpu * world_size):
+                raise bad(
+                    "batch",
+                    f"= {self.batch} is not divisible by batch_gpu x world size = {self.batch_gpu} x {world_size}",
+                )
+        elif self.batch % world_size:
+            raise bad("batch", f"= {self.batch} is not divisible by the world size {world_size}")
+        if self.lr <= 0 or (self.glr is not None and self.glr <= 0):
+            raise bad("lr", "and 'glr' must be positive")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise bad("adam_betas", f"must be two numbers in [0, 1), got {self.adam_betas!r}")
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"is {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.distiller == "sid2a" and not self.init_generator:
+            raise bad("init_generator", "is required for sid2a (SiD2A starts from a SiD generator)")
+        el = self.el
+        if el.weight < 0:
+            raise bad("el.weight", f"must be >= 0, got {el.weight}")
+        unknown = [a for a in el.archs if a not in EMBEDDER_FAMILIES]
+        if unknown or not el.archs:
+            raise bad("el.archs", f"has {unknown or 'no families'}; choose from {', '.join(EMBEDDER_FAMILIES)}")
+        if not isinstance(el.inits_per_arch, int) or el.inits_per_arch < 1:
+            raise bad("el.inits_per_arch", f"must be a positive integer, got {el.inits_per_arch!r}")
+        if not el.bandwidths or any(b <= 0 for b in el.bandwidths):
+            raise bad("el.bandwidths", f"must be a non-empty list of positive numbers, got {el.bandwidths!r}")
+        if el.bandwidth_mode not in ("median", "fixed"):
+            raise bad("el.bandwidth_mode", f"is {el.bandwidth_mode!r}; choose median or fixed")
+        if el.estimator not in ("unbiased", "biased"):
+            raise bad("el.estimator", f"is {el.estimator!r}; choose unbiased or biased")
+        if el.feature_norm not in ("none", "l2", "standardize"):
+            raise bad("el.feature_norm", f"is {el.feature_norm!r}; choose none, l2 or standardize")
+        if check_files:
+            for key in ("teacher", "dataset", "init_generator"):
+                path = getattr(self, key)
+                if path and not Path(path).exists():
+                    raise bad(key, f"points to a file that does not exist: {path}")
+
+    @property
+    def generator_lr(self) -> float:
+        return self.lr if self.glr is None else self.glr
+
+
+def _strict(cls: type, data: dict[str, Any], where: str):
+    """Build a dataclass from a dict, refusing unknown keys and missing required ones by name."""
+    if not isinstance(data, dict):
+        raise CellError(f"{where}: expected a mapping, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise CellError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+    ]
+    if missing:
+        raise CellError(f"{where}: missing required key(s) {', '.join(missing)}")
+    return cls(**data)

@@ -1,0 +1,57 @@
+"""The `eldistill` command line: one verb per job; every Snakemake rule calls exactly one of them.
+
+Each verb lives in its own module, which exposes `add_arguments(parser)` and `run(args) -> int | None`.
+Modules are imported only when their verb runs, so `eldistill --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> (module, one-line help)
+VERBS: dict[str, tuple[str, str]] = {
+    "make-dataset": ("eldistill.data.miniature", "write the offline miniature dataset in EDM's zip layout"),
+    "download": ("eldistill.download", "fetch a published file (teacher, reference stats) with sha256 check"),
+    "convert-teacher": ("eldistill.checkpoints", "convert a published EDM/EDM2 pickle to our .pt format"),
+    "train-teacher": ("eldistill.teacher", "train the miniature EDM teacher on the CPU"),
+    "train": ("eldistill.train", "distil one run cell (one-step generator, optional EL)"),
+    "train-classifier": ("eldistill.metrics.classifier", "train the miniature protocol's feature network"),
+    "ref-stats": ("eldistill.metrics.refstats", "reference statistics of a dataset for a FID protocol"),
+    "evaluate": ("eldistill.metrics.evaluate", "FID of a generator checkpoint, or of every snapshot of a run"),
+    "gradvar": ("eldistill.embedding.gradvar", "gradient variance of EL against K embedders and batch B"),
+    "grid": ("eldistill.grid", "expand and validate the experiment config into run cells"),
+    "tables": ("eldistill.report.tables", "aggregate per-cell results into paper tables (CSV/MD/LaTeX)"),
+    "figures": ("eldistill.report.figures", "draw a paper figure from the aggregated tables"),
+    "diff": ("eldistill.report.diff", "compare produced tables with the paper's reported numbers"),
+    "launch": ("eldistill.launch", "submit cells straight to SLURM with submitit"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eldistill", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+    for verb, (_module, help_text) in VERBS.items():
+        sub.add_parser(verb, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in VERBS:
+        build_parser().parse_args(argv)  # prints usage / error and exits
+        return 2
+    verb, rest = argv[0], argv[1:]
+    module_name, help_text = VERBS[verb]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"eldistill {verb}", description=help_text)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    code = module.run(args)
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
