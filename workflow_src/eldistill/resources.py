@@ -1,0 +1,298 @@
+"""How much hardware a cell gets, and who is who inside a distributed job.
+
+`plan()` is the single source of a cell's GPUs, nodes, per-GPU batch, runtime and memory: the SLURM
+profile's rules and `eldistill launch` both call it. The per-GPU batch is a hardware knob (never in the
+cell id): gradient accumulation fills the global batch, so it changes memory and speed, not results.
+
+`distributed_env()` turns the variables torchrun or SLURM (srun, one task per GPU, as submitit launches
+it) put in the environment into rank, local rank, world size and the rendezvous address for DDP.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+
+# Per-GPU batches the reference code runs with (anchors A.2/A.3: SiDA's scripts, which backpropagate
+# through three U-Nets like SiD, the most memory-hungry distillers here) on 80 GB GPUs.
+# (network resolution, teacher parameters, per-GPU batch, what it is)
+ANCHORS: tuple[tuple[int, int, int, str], ...] = (
+    (32, 56_000_000, 32, "CIFAR-10 32x32, EDM DDPM++"),
+    (64, 62_000_000, 64, "FFHQ/AFHQv2 64x64, EDM DDPM++"),
+    (64, 296_000_000, 32, "ImageNet 64x64, EDM ADM"),
+    (64, 125_000_000, 64, "ImageNet 512 latents, EDM2-XS"),
+    (64, 280_000_000, 64, "ImageNet 512 latents, EDM2-S"),
+    (64, 498_000_000, 32, "ImageNet 512 latents, EDM2-M"),
+    (64, 777_000_000, 32, "ImageNet 512 latents, EDM2-L"),
+    (64, 1_100_000_000, 16, "ImageNet 512 latents, EDM2-XL"),
+    (64, 1_500_000_000, 2, "ImageNet 512 latents, EDM2-XXL"),
+)
+ANCHOR_GPU_MEM_GB = 80.0
+ANCHOR_MATCH = 1.25  # a teacher within this factor of an anchor's size at the same resolution uses its batch
+
+MAX_BATCH_GPU = 256  # beyond this a GPU is saturated; more only costs memory
+MAX_ACCUMULATION = 2  # micro-batches per GPU per iteration before we rather add GPUs
+MAX_GPUS = 32  # the largest allocation a shared cluster grants without a special request
+
+# A teacher below this size is the miniature: it runs on the CPU (DESIGN.md budgets).
+CPU_MAX_TEACHER_PARAMS = 5_000_000
+CPU_MEM_MB = 4000
+
+# Cost of one generated image in a SiD-class iteration, in FLOPs per (teacher parameter x network pixel):
+# about four forward+backward passes of the U-Net (DESIGN.md), each ~3x a forward, and a forward of an
+# EDM/EDM2 U-Net costs ~0.09 FLOPs per parameter-pixel (EDM2's reported Gflops / params / 64^2).
+FLOPS_PER_PARAM_PIXEL = 4 * 3 * 0.09
+# Sustained training throughput. CPU: measured on our 2-core machine (DESIGN.md: 0.19-56 M-parameter SongUNets,
+# ~6.5e-12 s per parameter-pixel for a forward+backward = ~4e10 FLOP/s). GPU: an assumption for an A100/H100-class
+# card at ~1/3 of its 16-bit peak; override with gpu_flops= after measuring your own.
+CPU_FLOPS = 4e10
+GPU_FLOPS = 1e14
+RUNTIME_SAFETY = 1.5  # estimate x this, plus fixed overhead (start-up, snapshots)
+RUNTIME_OVERHEAD_MIN = 10
+MAX_RUNTIME_MIN = 2880  # one job's wall-clock cap (48 h, a common site limit); longer cells resume after requeue
+HOST_MEM_MB_BASE = 16000
+HOST_MEM_MB_PER_GPU = 24000
+
+# Datasets whose networks run in the 4-channel latent space of the SD VAE (8x downsampling), as EDM2 does.
+LATENT_DATASETS = ("imagenet512",)
+LATENT_DOWNSAMPLE = 8
+
+
+def _positive_int(name: str, value, allow_zero: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"resources.plan: '{name}' must be a {kind} integer, got {value!r}")
+    return value
+
+
+def network_resolution(dataset: str, resolution: int) -> int:
+    """The spatial size the teacher works at: the image size, or the latent size for latent datasets."""
+    latent = dataset.lower() in LATENT_DATASETS or resolution >= 256
+    return resolution // LATENT_DOWNSAMPLE if latent else resolution
+
+
+def max_batch_gpu(net_resolution: int, teacher_params: int, gpu_mem_gb: float = ANCHOR_GPU_MEM_GB) -> int:
+    """The largest power-of-two per-GPU batch that fits: an anchor's when the teacher matches one, otherwise
+    scaled from the anchor of the nearest cost (activation memory ~ parameters x pixels)."""
+    units = teacher_params * net_resolution**2
+
+    def scaled(anchor_res: int, anchor_params: int, anchor_batch: int) -> float:
+        return anchor_batch * (anchor_params * anchor_res**2) / units
+
+    same_res = [a for a in ANCHORS if a[0] == net_resolution]
+    match = [a for a in same_res if max(a[1], teacher_params) / min(a[1], teacher_params) <= ANCHOR_MATCH]
+    if match:
+        res, params, batch, _ = min(match, key=lambda a: abs(math.log(a[1] / teacher_params)))
+        fit = scaled(res, params, batch) if params < teacher_params else batch  # a bigger teacher: shrink
+    else:
+        res, params, batch, _ = min(ANCHORS, key=lambda a: abs(math.log(a[1] * a[0] ** 2 / units)))
+        fit = scaled(res, params, batch)
+    fit *= gpu_mem_gb / ANCHOR_GPU_MEM_GB
+    if fit < 1:
+        raise ValueError(
+            f"resources.plan: a {teacher_params:,}-parameter teacher at {net_resolution}x{net_resolution} does not "
+            f"fit one sample per {gpu_mem_gb:g} GB GPU (our memory model); use larger GPUs (gpu_mem_gb)"
+        )
+    return min(MAX_BATCH_GPU, 2 ** int(math.floor(math.log2(fit))))
+
+
+def _largest_divisor_at_most(n: int, cap: int) -> int:
+    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
+
+
+def _choose_gpus(batch: int, fit: int, gpus_per_node: int, max_gpus: int) -> tuple[int, int]:
+    """(gpus, nodes): the fewest GPUs that keep accumulation at <= MAX_ACCUMULATION micro-batches, each GPU
+    getting an equal share of the batch; whole nodes once a cell outgrows one."""
+    wanted = math.ceil(batch / (fit * MAX_ACCUMULATION))
+    candidates = []
+    for gpus in range(1, min(batch, max_gpus) + 1):
+        if batch % gpus:
+            continue
+        nodes = math.ceil(gpus / gpus_per_node)
+        if nodes > 1 and gpus % nodes:  # the same number of tasks on every node
+            continue
+        if nodes > 1 and gpus // nodes != gpus_per_node:
+            continue  # fill the nodes we take
+        candidates.append((gpus, nodes))
+    enough = [c for c in candidates if c[0] >= wanted]
+    return min(enough) if enough else max(candidates)
+
+
+def plan(
+    dataset: str,
+    resolution: int,
+    teacher_params: int,
+    batch: int,
+    gpus_per_node: int,
+    *,
+    total_images: int | None = None,
+    gpu_mem_gb: float = ANCHOR_GPU_MEM_GB,
+    gpu_flops: float = GPU_FLOPS,
+    max_gpus: int = MAX_GPUS,
+    max_runtime_min: int = MAX_RUNTIME_MIN,
+) -> dict[str, int]:
+    """GPUs, nodes, per-GPU batch, runtime (minutes, one job; capped at max_runtime_min: a longer cell
+    resumes from its state after a requeue) and host memory per node (MB) for one distillation cell.
+
+    gpus_per_node = 0, or a miniature teacher (< CPU_MAX_TEACHER_PARAMS), gives the CPU plan: gpus 0.
+    Without total_images the runtime is the full max_runtime_min."""
+    if not isinstance(dataset, str) or not dataset:
+        raise ValueError(f"resources.plan: 'dataset' must be a non-empty name, got {dataset!r}")
+    _positive_int("resolution", resolution)
+    _positive_int("teacher_params", teacher_params)
+    _positive_int("batch", batch)
+    _positive_int("gpus_per_node", gpus_per_node, allow_zero=True)
+    _positive_int("max_gpus", max_gpus)
+    if total_images is not None:
+        _positive_int("total_images", total_images)
+    net_res = network_resolution(dataset, resolution)
+
+    cpu = gpus_per_node == 0 or teacher_params < CPU_MAX_TEACHER_PARAMS
+    if cpu:
+        gpus, nodes, batch_gpu, flops = 0, 1, batch, CPU_FLOPS
+    else:
+        fit = max_batch_gpu(net_res, teacher_params, gpu_mem_gb)
+        gpus, nodes = _choose_gpus(batch, fit, gpus_per_node, max_gpus)
+        batch_gpu = _largest_divisor_at_most(batch // gpus, fit)
+        flops = gpu_flops * gpus
+
+    if total_images is None:
+        runtime = max_runtime_min
+    else:
+        seconds = total_images * FLOPS_PER_PARAM_PIXEL * teacher_params * net_res**2 / flops
+        runtime = min(max_runtime_min, math.ceil(seconds * RUNTIME_SAFETY / 60) + RUNTIME_OVERHEAD_MIN)
+    mem_mb = CPU_MEM_MB if cpu else HOST_MEM_MB_BASE + HOST_MEM_MB_PER_GPU * (gpus // nodes)
+    return {"gpus": gpus, "nodes": nodes, "batch_gpu": batch_gpu, "runtime_min": runtime, "mem_mb": mem_mb}
+
+
+# --- inside a job: who am I? -------------------------------------------------------------------------------
+
+
+def expand_hostlist(hostlist: str) -> list[str]:
+    """SLURM's compressed host list, e.g. 'gpu[01-03,7],login1' -> ['gpu01', 'gpu02', 'gpu03', 'gpu7', 'login1']."""
+    hosts: list[str] = []
+    for group in re.findall(r"[^,\[]+(?:\[[^\]]*\][^,\[]*)*", hostlist):
+        names = [""]
+        for literal, ranges in re.findall(r"([^\[]*)(?:\[([^\]]*)\])?", group):
+            names = [n + literal for n in names]
+            if ranges:
+                suffixes = []
+                for part in ranges.split(","):
+                    low, _, high = part.partition("-")
+                    if not low.isdigit() or (high and not high.isdigit()):
+                        raise ValueError(f"SLURM host list: cannot read range '{part}' in '{hostlist}'")
+                    for i in range(int(low), int(high or low) + 1):
+                        suffixes.append(f"{i:0{len(low)}d}")
+                names = [n + s for n in names for s in suffixes]
+        hosts.extend(names)
+    return hosts
+
+
+def _env_int(env: Mapping[str, str], key: str, default: int | None = None) -> int:
+    value = env.get(key)
+    if value is None or value == "":
+        if default is None:
+            raise ValueError(f"distributed environment: '{key}' is not set")
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"distributed environment: '{key}' must be an integer, got {value!r}") from None
+
+
+def _tasks_on_first_node(value: str) -> int:
+    """SLURM_TASKS_PER_NODE, e.g. '4(x2)' or '4,3': the count on the first node."""
+    match = re.match(r"(\d+)", value)
+    if not match:
+        raise ValueError(f"distributed environment: cannot read SLURM_TASKS_PER_NODE={value!r}")
+    return int(match.group(1))
+
+
+def master_port_for_job(job_id: str) -> int:
+    """A rendezvous port every task of one job agrees on without talking: derived from the job id."""
+    return 20000 + int(re.sub(r"\D", "", job_id) or 0) % 40000
+
+
+def distributed_env(env: Mapping[str, str] | None = None) -> dict:
+    """rank, local_rank, world_size, local_world_size, node_rank, master_addr, master_port and the source
+    ("torchrun", "slurm" or "single"), from torchrun's variables when present, else SLURM's srun task
+    variables, else a single process. A pure function of `env` (default os.environ)."""
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:  # torchrun (also torchrun --standalone inside a SLURM job)
+        world = _env_int(env, "WORLD_SIZE")
+        local_world = _env_int(env, "LOCAL_WORLD_SIZE", world)
+        rank = _env_int(env, "RANK")
+        return _checked(
+            {
+                "rank": rank,
+                "local_rank": _env_int(env, "LOCAL_RANK", rank % local_world),
+                "world_size": world,
+                "local_world_size": local_world,
+                "node_rank": _env_int(env, "GROUP_RANK", rank // local_world),
+                "master_addr": env.get("MASTER_ADDR", "127.0.0.1"),
+                "master_port": _env_int(env, "MASTER_PORT", 29500),
+                "source": "torchrun",
+            }
+        )
+    if "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:  # a task that srun started (submitit runs tasks so)
+        world = _env_int(env, "SLURM_STEP_NUM_TASKS", _env_int(env, "SLURM_NTASKS", 1))
+        nodes = _env_int(env, "SLURM_STEP_NUM_NODES", _env_int(env, "SLURM_JOB_NUM_NODES", 1))
+        per_node = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
+        local_world = _tasks_on_first_node(per_node) if per_node else world // nodes
+        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+        if not nodelist:
+            raise ValueError("distributed environment: 'SLURM_JOB_NODELIST' is not set")
+        port = env.get("MASTER_PORT")
+        return _checked(
+            {
+                "rank": _env_int(env, "SLURM_PROCID"),
+                "local_rank": _env_int(env, "SLURM_LOCALID", 0),
+                "world_size": world,
+                "local_world_size": local_world,
+                "node_rank": _env_int(env, "SLURM_NODEID", 0),
+                "master_addr": env.get("MASTER_ADDR") or expand_hostlist(nodelist)[0],
+                "master_port": int(port) if port else master_port_for_job(_slurm_job_id(env)),
+                "source": "slurm",
+            }
+        )
+    return {
+        "rank": 0,
+        "local_rank": 0,
+        "world_size": 1,
+        "local_world_size": 1,
+        "node_rank": 0,
+        "master_addr": "127.0.0.1",
+        "master_port": _env_int(env, "MASTER_PORT", 29500),
+        "source": "single",
+    }
+
+
+def _slurm_job_id(env: Mapping[str, str]) -> str:
+    job = env.get("SLURM_JOB_ID")  # unique per array task too: two tasks on one node get two ports
+    if not job:
+        raise ValueError("distributed environment: 'SLURM_JOB_ID' is not set")
+    return job
+
+
+def _checked(d: dict) -> dict:
+    if not 0 <= d["rank"] < d["world_size"]:
+        raise ValueError(f"distributed environment: rank {d['rank']} outside world size {d['world_size']}")
+    if not 0 <= d["local_rank"] < d["local_world_size"]:
+        raise ValueError(
+            f"distributed environment: local rank {d['local_rank']} outside local world size {d['local_world_size']}"
+        )
+    return d
+
+
+def torch_env(d: dict) -> dict[str, str]:
+    """The env:// variables torch.distributed.init_process_group reads, for a dict from distributed_env()."""
+    return {
+        "RANK": str(d["rank"]),
+        "LOCAL_RANK": str(d["local_rank"]),
+        "WORLD_SIZE": str(d["world_size"]),
+        "LOCAL_WORLD_SIZE": str(d["local_world_size"]),
+        "MASTER_ADDR": str(d["master_addr"]),
+        "MASTER_PORT": str(d["master_port"]),
+    }
