@@ -1,0 +1,114 @@
+"""Squared Maximum Mean Discrepancy with a multi-scale RBF kernel.
+
+    k(a, b) = sum over bandwidths s of exp(-||a - b||^2 / (2 s^2))
+    MMD^2(P, Q) = E k(x, x') - 2 E k(x, y) + E k(y, y')
+
+Distances come from ||a||^2 + ||b||^2 - 2 a.b (memory O(n*m), never an (n, m, d) tensor), clamped at 0
+so float32 round-off cannot make them negative.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+ESTIMATORS = ("unbiased", "biased")
+
+
+class NonFiniteInputError(ValueError):
+    """An input holds NaN or inf. A subclass so a training loop can count it as a non-finite step."""
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise NonFiniteInputError(f"{name} contains NaN or inf")
+
+
+def pairwise_sq_dists(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(n, m) squared Euclidean distances between the rows of x (n, d) and y (m, d)."""
+    d2 = x.pow(2).sum(1, keepdim=True) + y.pow(2).sum(1).unsqueeze(0) - 2.0 * (x @ y.T)
+    return d2.clamp_min(0.0)
+
+
+def _self_sq_dists(x: torch.Tensor) -> torch.Tensor:
+    # The diagonal is exactly 0 by definition; the expansion leaves round-off there, so mask it.
+    d2 = pairwise_sq_dists(x, x)
+    return d2.masked_fill(torch.eye(x.shape[0], dtype=torch.bool, device=x.device), 0.0)
+
+
+def _as_bandwidths(bandwidths, like: torch.Tensor) -> torch.Tensor:
+    bw = torch.as_tensor(bandwidths, dtype=like.dtype, device=like.device).reshape(-1)
+    if bw.numel() == 0:
+        raise ValueError("bandwidths is empty; give at least one positive bandwidth")
+    if not bool(torch.isfinite(bw).all()) or not bool((bw > 0).all()):
+        raise ValueError(f"bandwidths must be finite and positive, got {bw.tolist()}")
+    return bw
+
+
+def rbf_kernel(d2: torch.Tensor, bandwidths: torch.Tensor) -> torch.Tensor:
+    """Sum over bandwidths of exp(-d2 / (2 s^2)), same shape as d2 (one bandwidth at a time: no extra axis)."""
+    k = torch.zeros_like(d2)
+    for s in bandwidths:
+        k = k + torch.exp(-d2 / (2.0 * s * s))
+    return k
+
+
+def median_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Median Euclidean distance between distinct points of the pooled set [x; y], without gradient."""
+    with torch.no_grad():
+        z = torch.cat([x, y]).detach()
+        d2 = pairwise_sq_dists(z, z)
+        i, j = torch.triu_indices(z.shape[0], z.shape[0], offset=1, device=z.device)
+        med = d2[i, j].median().sqrt()
+        # All points equal: any bandwidth gives MMD 0; avoid a zero bandwidth.
+        return torch.where(med > 0, med, torch.ones_like(med))
+
+
+def _check_pair(x: torch.Tensor, y: torch.Tensor, estimator: str) -> None:
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator is {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    for name, t in (("x", x), ("y", y)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2:
+            raise ValueError(f"{name} must be a 2-D feature matrix (n, d), got shape {tuple(getattr(t, 'shape', ()))}")
+        if t.shape[0] == 0 or t.shape[1] == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
+        if estimator == "unbiased" and t.shape[0] < 2:
+            raise ValueError(f"{name} has {t.shape[0]} sample; the unbiased estimator needs at least 2")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"feature dims differ: x has {x.shape[1]}, y has {y.shape[1]}")
+    check_finite(x, "x")
+    check_finite(y, "y")
+
+
+def mmd2(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    bandwidths: Sequence[float] | torch.Tensor,
+    estimator: str = "unbiased",
+) -> torch.Tensor:
+    """Squared MMD between the rows of x (n, d) and y (m, d); differentiable in both.
+
+    `bandwidths` are absolute kernel widths s. "biased" is the V-statistic (>= 0, exactly 0 for x == y);
+    "unbiased" the U-statistic (drops the i == j terms of the within-set sums; can be slightly negative).
+    Half-precision inputs are computed in float32; float64 stays float64.
+    """
+    _check_pair(x, y, estimator)
+    dtype = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
+    x, y = x.to(dtype), y.to(dtype)
+    return mmd2_unchecked(x, y, _as_bandwidths(bandwidths, x), estimator)
+
+
+def mmd2_unchecked(x: torch.Tensor, y: torch.Tensor, bandwidths: torch.Tensor, estimator: str) -> torch.Tensor:
+    """`mmd2` without input checks (no host syncs): for callers that checked their inputs already."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        kxx = rbf_kernel(_self_sq_dists(x), bandwidths)
+        kyy = rbf_kernel(_self_sq_dists(y), bandwidths)
+        kxy = rbf_kernel(pairwise_sq_dists(x, y), bandwidths)
+        n, m = x.shape[0], y.shape[0]
+        if estimator == "biased":
+            return kxx.mean() + kyy.mean() - 2.0 * kxy.mean()
+        diag = float(bandwidths.numel())  # k(a, a) = number of bandwidths (distance 0 masked exactly)
+        xx = (kxx.sum() - n * diag) / (n * (n - 1))
+        yy = (kyy.sum() - m * diag) / (m * (m - 1))
+        return xx + yy - 2.0 * kxy.mean()
