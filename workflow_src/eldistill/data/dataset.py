@@ -1,0 +1,178 @@
+"""Image datasets in EDM's layout: a zip archive or a folder of image files (PNG, JPEG, ...), with an
+optional `dataset.json` holding `{"labels": [[relative/path.png, int], ...]}` (or `"labels": null`).
+
+Images are decoded lazily, one file at a time, so a large archive costs no memory; `preload=True` decodes
+everything up front (and checks every shape at once), which small miniature datasets use for speed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+
+
+class DatasetError(ValueError):
+    """The dataset on disk is missing or malformed; the message names the file."""
+
+
+class ImageDataset:
+    """`ds[i] -> (uint8 tensor (C, H, W), int label)`; label is 0 when the dataset has no labels."""
+
+    def __init__(self, path: str | Path, preload: bool = False):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DatasetError(f"dataset not found: {self.path}")
+        self._zip: zipfile.ZipFile | None = None
+        self._zip_pid: int | None = None
+        if self.path.is_dir():
+            self._kind = "dir"
+            names = [p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file()]
+        else:
+            self._kind = "zip"
+            names = self._open_zip().namelist()
+        self._names = sorted(n for n in names if n.lower().endswith(IMAGE_EXTENSIONS))
+        if not self._names:
+            raise DatasetError(f"{self.path}: contains no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        self._labels = self._read_labels(names)
+        self.label_dim = int(self._labels.max()) + 1 if self._labels is not None else 0
+        first = self._decode(0)
+        self.channels, self.resolution = first.shape[0], first.shape[1]
+        if first.shape[1] != first.shape[2]:
+            raise DatasetError(f"{self._where(0)}: image is {first.shape[2]}x{first.shape[1]}, expected square")
+        self._cache: torch.Tensor | None = None
+        if preload:
+            self._cache = self.load_all()
+
+    # --- file access --------------------------------------------------------------------------------
+    def _open_zip(self) -> zipfile.ZipFile:
+        # A zip handle must not be shared across fork()ed workers: reopen in each process.
+        if self._zip is None or self._zip_pid != os.getpid():
+            try:
+                self._zip = zipfile.ZipFile(self.path)
+            except (zipfile.BadZipFile, OSError) as e:
+                raise DatasetError(f"{self.path}: not a readable zip archive ({e})") from None
+            self._zip_pid = os.getpid()
+        return self._zip
+
+    def _read_bytes(self, name: str) -> bytes:
+        try:
+            if self._kind == "zip":
+                return self._open_zip().read(name)
+            return (self.path / name).read_bytes()
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise DatasetError(f"{self.path}:{name}: cannot be read ({e})") from None
+
+    def _where(self, index: int) -> str:
+        return f"{self.path}:{self._names[index]}"
+
+    def _read_labels(self, names: list[str]) -> np.ndarray | None:
+        if "dataset.json" not in names:
+            return None
+        try:
+            meta = json.loads(self._read_bytes("dataset.json"))
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{self.path}:dataset.json: not valid JSON ({e})") from None
+        labels = meta.get("labels") if isinstance(meta, dict) else None
+        if labels is None:
+            return None
+        try:
+            table = {str(fname).replace("\\", "/"): int(label) for fname, label in labels}
+        except (TypeError, ValueError):
+            raise DatasetError(f"{self.path}:dataset.json: 'labels' must be a list of [filename, int] pairs") from None
+        missing = [n for n in self._names if n not in table]
+        if missing:
+            raise DatasetError(
+                f"{self.path}:dataset.json: no label for {missing[0]} ({len(missing)} images unlabelled)"
+            )
+        out = np.array([table[n] for n in self._names], dtype=np.int64)
+        if out.min() < 0:
+            raise DatasetError(f"{self.path}:dataset.json: 'labels' has a negative class index {out.min()}")
+        return out
+
+    def _decode(self, index: int) -> torch.Tensor:
+        data = self._read_bytes(self._names[index])
+        try:
+            with PIL.Image.open(io.BytesIO(data)) as img:
+                if img.mode == "P":
+                    img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+                elif img.mode == "1":
+                    img = img.convert("L")
+                if img.mode not in ("L", "RGB", "RGBA"):
+                    raise DatasetError(f"{self._where(index)}: unsupported image mode {img.mode!r}")
+                array = np.asarray(img, dtype=np.uint8)
+        except (PIL.UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise DatasetError(f"{self._where(index)}: not a readable image ({e})") from None
+        if array.ndim == 2:
+            array = array[:, :, None]
+        return torch.from_numpy(array.transpose(2, 0, 1).copy())
+
+    # --- public API ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if self._cache is not None:
+            image = self._cache[index]
+        else:
+            image = self._decode(index)
+            expected = (self.channels, self.resolution, self.resolution)
+            if tuple(image.shape) != expected:
+                raise DatasetError(
+                    f"{self._where(index)}: shape {tuple(image.shape)} differs from the dataset's {expected} "
+                    f"(set by {self._names[0]}); all images must share one shape"
+                )
+        label = int(self._labels[index]) if self._labels is not None else 0
+        return image, label
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        """Integer class labels (N,), or None for an unlabelled dataset."""
+        return None if self._labels is None else torch.from_numpy(self._labels.copy())
+
+    def load_all(self) -> torch.Tensor:
+        """Every image as one uint8 tensor (N, C, H, W); raises on the first image of another shape."""
+        if self._cache is not None:
+            return self._cache
+        from tqdm import tqdm
+
+        out = torch.empty((len(self), self.channels, self.resolution, self.resolution), dtype=torch.uint8)
+        for i in tqdm(range(len(self)), desc=f"reading {self.path.name}", unit="img", leave=False):
+            out[i] = self[i][0]
+        return out
+
+    def one_hot(self, labels: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(labels, self.label_dim).to(torch.float32)
+
+    def sample(self, n: int, generator: torch.Generator | None = None):
+        """A random real batch (drawn with replacement): (images float32 in [-1, 1], one-hot labels or None)."""
+        index = torch.randint(len(self), (n,), generator=generator)
+        if self._cache is not None:
+            images = self._cache[index]
+        else:
+            images = torch.stack([self[int(i)][0] for i in index])
+        images = images.to(torch.float32) / 127.5 - 1
+        if self._labels is None:
+            return images, None
+        return images, self.one_hot(torch.from_numpy(self._labels[index.numpy()]))
+
+    def __repr__(self) -> str:
+        shape = f"{self.channels}x{self.resolution}x{self.resolution}"
+        return f"ImageDataset({str(self.path)!r}: {len(self)} images, {shape}, label_dim={self.label_dim})"
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_zip"] = None  # zip handles do not pickle; reopened lazily
+        return state
