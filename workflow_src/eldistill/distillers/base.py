@@ -1,0 +1,164 @@
+"""The one interface every distiller implements, and the EDM helpers they share (anchors A.0).
+
+A distiller owns its networks (the generator and whatever it trains beside it) and says, for each iteration,
+which phases run: a phase names the networks it trains and gives a per-sample loss. The training loop does
+everything else: batching, accumulation, DDP, optimizers, EMA, checkpoints, and the Embedding Loss, which it
+adds to the generator phase of every distiller the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One optimizer turn of an iteration."""
+
+    name: str  # "fake" or "generator"
+    nets: tuple[str, ...]  # networks that receive gradients and step in this phase
+    step: bool = True  # False: gradients are computed (and logged) but the optimizer does not step
+    needs_real: bool = False  # the loss reads a real batch
+    needs_generated: bool = True  # the loss reads generated images (the loop makes them anyway when EL is on)
+    clip_value: float | None = None  # clip_grad_value_ on the phase's networks
+    clip_norm: float | None = None  # clip_grad_norm_ on the phase's networks
+
+
+class SampleNoise:
+    """The randomness of one accumulation round: each call returns `(n, *shape)`, the rows of this round's
+    samples in a draw made for the whole global batch. Drawing per global batch (not per round or per
+    process) makes the update independent of how the batch is split; the loop provides the implementation."""
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def randint(self, low: int, high: int, *shape: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Distiller:
+    """Base class. Subclasses set `name`, `DEFAULTS` and implement `phases` and `loss`."""
+
+    name: ClassVar[str] = ""
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, teacher: nn.Module, args: dict[str, Any] | None = None, init_generator: nn.Module | None = None):
+        self.args = resolve_args(self.name, self.DEFAULTS, args or {})
+        self.teacher = teacher.eval().requires_grad_(False)
+        # Every generator starts from the teacher's weights (anchors A.0), or from a given generator (SiD2A).
+        generator = copy.deepcopy(init_generator if init_generator is not None else teacher)
+        self.nets: dict[str, nn.Module] = {"generator": generator.train().requires_grad_(False)}
+
+    # --- what the loop asks ---------------------------------------------------------------------------
+    @property
+    def sigma_init(self) -> float:
+        return float(self.args["sigma_init"])
+
+    @property
+    def extra_modules(self) -> dict[str, nn.Module]:
+        """Modules that are part of the training state but never trained by an optimizer (CM's target)."""
+        return {}
+
+    def phases(self, images_seen: int, iteration: int) -> list[Phase]:
+        raise NotImplementedError
+
+    def loss(
+        self,
+        phase: str,
+        x_gen: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        real: torch.Tensor | None,
+        real_labels: torch.Tensor | None,
+        noise: SampleNoise,
+        images_seen: int,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-sample loss of shape (n,), loss scalings included; the loop averages it over the global batch.
+        Returns also a dict of per-sample terms to log."""
+        raise NotImplementedError
+
+    def after_step(self, phase: str) -> None:
+        """Called after the optimizers of `phase` stepped (CM updates its target here)."""
+
+
+def resolve_args(name: str, defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"distiller_args: unknown key(s) {', '.join(unknown)} for distiller {name!r}; "
+            f"known: {', '.join(sorted(defaults))}"
+        )
+    return {**defaults, **overrides}
+
+
+def fresh_copy(net: nn.Module) -> nn.Module:
+    """A trainable copy of a network (fake score, discriminator backbone), starting from its weights."""
+    return copy.deepcopy(net).train().requires_grad_(False)
+
+
+# --- EDM machinery shared by the distillers -----------------------------------------------------------------
+def as_images(v: torch.Tensor) -> torch.Tensor:
+    """(n,) -> (n, 1, 1, 1) so a per-sample value broadcasts over an image batch."""
+    return v.reshape(-1, 1, 1, 1)
+
+
+def edm_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """EDM's loss weight lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma * sigma_data)^2."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+def lognormal_sigma(noise: SampleNoise, p_mean: float, p_std: float) -> torch.Tensor:
+    """ln sigma ~ N(p_mean, p_std^2), shape (n,)."""
+    return (noise.randn() * p_std + p_mean).exp()
+
+
+def karras_sigma(s: torch.Tensor, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = RHO):
+    """The Karras time grid: s = 0 gives sigma_max, s = 1 gives sigma_min."""
+    return (sigma_max ** (1 / rho) + s * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+
+
+def karras_grid(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = RHO):
+    """n sigmas from sigma_max down to sigma_min (float64)."""
+    return karras_sigma(torch.linspace(0, 1, n, dtype=torch.float64), sigma_min, sigma_max, rho)
+
+
+def denoise(net: nn.Module, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None, features=False):
+    """D(x; sigma, c) in float32; with features=True also the U-Net bottleneck feature map."""
+    out = net(x, sigma, labels, return_features=True) if features else net(x, sigma, labels)
+    if features:
+        return out[0].float(), out[1]
+    return out.float()
+
+
+def edm_fake_score_loss(
+    fake: nn.Module,
+    x_gen: torch.Tensor,
+    labels: torch.Tensor | None,
+    noise: SampleNoise,
+    p_mean: float,
+    p_std: float,
+    sigma_data: float,
+) -> torch.Tensor:
+    """EDM's denoising loss of the fake score on detached generated images, summed over pixels: (n,)."""
+    x = x_gen.detach()
+    sigma = lognormal_sigma(noise, p_mean, p_std)
+    eps = noise.randn(*x.shape[1:])
+    d = denoise(fake, x + as_images(sigma) * eps, sigma, labels)
+    return (as_images(edm_weight(sigma, sigma_data)) * (d - x) ** 2).flatten(1).sum(1)
+
+
+def finite_rows(*tensors: torch.Tensor) -> torch.Tensor:
+    """(n,) bool: samples whose every value is finite in all the given (n, ...) tensors."""
+    ok = torch.ones(tensors[0].shape[0], dtype=torch.bool, device=tensors[0].device)
+    for t in tensors:
+        ok &= torch.isfinite(t.detach()).flatten(1).all(1)
+    return ok

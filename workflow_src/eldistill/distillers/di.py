@@ -1,0 +1,49 @@
+"""Diff-Instruct (DI; anchors A.1): the generator follows the detached difference of the fake and the
+teacher denoisers at x_t = x_g + sigma*eps (an integral-KL gradient); the fake score learns the generator's
+distribution with EDM's loss."""
+
+from __future__ import annotations
+
+import torch
+
+from eldistill.distillers.base import (
+    Distiller,
+    Phase,
+    as_images,
+    denoise,
+    edm_fake_score_loss,
+    fresh_copy,
+    lognormal_sigma,
+)
+
+
+class DI(Distiller):
+    name = "di"
+    DEFAULTS = {
+        "sigma_init": 1.0,
+        "p_mean": -1.2,  # both phases draw sigma ~ LN(p_mean, p_std^2)
+        "p_std": 1.2,
+        "loss_scale": 1.0,  # `--sgls`: fake-score loss multiplier
+        "loss_scale_g": 1.0,  # `--ls`: generator loss multiplier
+    }
+
+    def __init__(self, teacher, args=None, init_generator=None):
+        super().__init__(teacher, args, init_generator)
+        self.nets["fake_score"] = fresh_copy(teacher)
+
+    def phases(self, images_seen: int, iteration: int) -> list[Phase]:
+        return [Phase("fake", ("fake_score",)), Phase("generator", ("generator",))]
+
+    def loss(self, phase, x_gen, labels, real, real_labels, noise, images_seen):
+        a = self.args
+        fake = self.nets["fake_score"]
+        if phase == "fake":
+            sigma_data = float(self.teacher.sigma_data)
+            score = edm_fake_score_loss(fake, x_gen, labels, noise, a["p_mean"], a["p_std"], sigma_data)
+            return a["loss_scale"] * score, {}
+        sigma = lognormal_sigma(noise, a["p_mean"], a["p_std"])
+        x_t = x_gen.detach() + as_images(sigma) * noise.randn(*x_gen.shape[1:])
+        with torch.no_grad():
+            direction = denoise(fake, x_t, sigma, labels) - denoise(self.teacher, x_t, sigma, labels)
+        # d loss / d x_g = D_fake - D_teacher, the KL gradient sigma^2 (s_fake - s_teacher).
+        return a["loss_scale_g"] * (direction * x_gen).flatten(1).sum(1), {}

@@ -1,0 +1,77 @@
+"""Score identity Distillation (SiD; anchors A.2): the fake score learns the generator's distribution with
+EDM's loss, and the generator loss reads both denoisers at x_t = x_g + sigma*eps with gradients flowing
+through x_g and, via x_t, through both (frozen-parameter) denoisers."""
+
+from __future__ import annotations
+
+import torch
+
+from eldistill.distillers.base import (
+    Distiller,
+    Phase,
+    SampleNoise,
+    as_images,
+    denoise,
+    edm_fake_score_loss,
+    finite_rows,
+    fresh_copy,
+    karras_sigma,
+)
+
+
+class SiD(Distiller):
+    name = "sid"
+    DEFAULTS = {
+        "alpha": 1.2,  # the "L2 - alpha * L1" weight; 1.0 for AFHQ and inside SiDA
+        "t_max": 800,  # generator sigmas: Karras time u ~ U(0, t_max/1000)
+        "sigma_init": 2.5,
+        "p_mean": -1.2,  # fake-score sigma ~ LN(p_mean, p_std^2)
+        "p_std": 1.2,
+        "loss_scale": 1.0,  # `--ls`: fake-score loss multiplier
+        "loss_scale_g": 100.0,  # `--lsg`: generator loss multiplier
+    }
+
+    def __init__(self, teacher, args=None, init_generator=None):
+        super().__init__(teacher, args, init_generator)
+        self.nets["fake_score"] = fresh_copy(teacher)
+
+    def phases(self, images_seen: int, iteration: int) -> list[Phase]:
+        return [Phase("fake", ("fake_score",)), Phase("generator", ("generator",))]
+
+    def loss(self, phase, x_gen, labels, real, real_labels, noise, images_seen):
+        if phase == "fake":
+            return self.fake_loss(x_gen, labels, noise), {}
+        per_sample, _ = self.sid_generator_loss(x_gen, labels, noise)
+        return self.args["loss_scale_g"] * per_sample, {}
+
+    def fake_loss(self, x_gen, labels, noise: SampleNoise) -> torch.Tensor:
+        a = self.args
+        sigma_data = float(self.teacher.sigma_data)
+        loss = edm_fake_score_loss(self.nets["fake_score"], x_gen, labels, noise, a["p_mean"], a["p_std"], sigma_data)
+        return a["loss_scale"] * loss
+
+    def generator_sigma(self, noise: SampleNoise) -> torch.Tensor:
+        """sigma at Karras time 1 - u, u ~ U(0, t_max/1000): the lower part of the noise range."""
+        u = noise.rand() * (self.args["t_max"] / 1000)
+        return karras_sigma(1 - u)
+
+    def sid_generator_loss(self, x_gen, labels, noise: SampleNoise, alpha: float | None = None, features=False):
+        """SiD's per-sample generator loss (n,) before the loss scale; with features=True also the fake
+        network's bottleneck at x_t (SiDA's discriminator input) and the per-sample normaliser."""
+        alpha = self.args["alpha"] if alpha is None else alpha
+        sigma = self.generator_sigma(noise)
+        x_t = x_gen + as_images(sigma) * noise.randn(*x_gen.shape[1:])
+        y_real = denoise(self.teacher, x_t, sigma, labels)
+        fake_out = denoise(self.nets["fake_score"], x_t, sigma, labels, features=features)
+        y_fake, feats = fake_out if features else (fake_out, None)
+        # A sample with a non-finite value anywhere is dropped from the loss (the reference masks them too).
+        ok = finite_rows(x_gen, y_real, y_fake)
+        keep = as_images(ok)
+        x_gen, y_real, y_fake = (torch.where(keep, t, torch.zeros_like(t)) for t in (x_gen, y_real, y_fake))
+        norm = (x_gen - y_real).abs().flatten(1).mean(1).clamp(min=1e-5).detach()
+        diff = y_real - y_fake
+        per_pixel = diff * ((y_real - x_gen) - alpha * diff)
+        per_sample = torch.where(ok, per_pixel.flatten(1).sum(1) / norm, torch.zeros_like(norm))
+        if features:
+            return per_sample, (feats, norm, ok)
+        return per_sample, None

@@ -1,0 +1,79 @@
+"""SiDA (anchors A.3): SiD with an adversarial term whose discriminator is the fake-score network's encoder
+(logits = channel mean of its bottleneck). SiD2A is SiDA started from a SiD generator (cell.init_generator).
+
+Per-sample BCE: the reference averages BCE over the whole per-GPU batch before weighting it per sample by
+lambda(sigma); we weight each sample's own BCE, which keeps the loss a per-sample sum so that gradient
+accumulation and DDP equal the full-batch update."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from eldistill.distillers.base import Phase, as_images, denoise, edm_weight, lognormal_sigma
+from eldistill.distillers.sid import SiD
+
+
+def encoder_logits(features: torch.Tensor) -> torch.Tensor:
+    """The discriminator's logits: channel mean of the bottleneck, (n, 1, h, w)."""
+    return features.float().mean(dim=1, keepdim=True)
+
+
+def bce_per_sample(logits: torch.Tensor, target: float) -> torch.Tensor:
+    loss = F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target), reduction="none")
+    return loss.flatten(1).mean(1)
+
+
+class SiDA(SiD):
+    name = "sida"
+    DEFAULTS = {
+        **SiD.DEFAULTS,
+        "alpha": 1.0,
+        "loss_scale_d": 1.0,  # `--lsd`: discriminator loss multiplier
+        "loss_scale_g_gan": 0.01,  # `--lsg_gan`: generator adversarial loss multiplier
+        "gan_start_images": 200_000,  # the generator's adversarial term starts after this many images
+        "generator_freeze_images": 100_000,  # the generator optimizer does not step before this
+        "clip_value": 1.0,  # gradient value clipping on the fake score / discriminator
+    }
+
+    def phases(self, images_seen: int, iteration: int) -> list[Phase]:
+        a = self.args
+        return [
+            Phase("fake", ("fake_score",), needs_real=True, clip_value=a["clip_value"]),
+            Phase("generator", ("generator",), step=images_seen >= a["generator_freeze_images"]),
+        ]
+
+    def loss(self, phase, x_gen, labels, real, real_labels, noise, images_seen):
+        a = self.args
+        if phase == "fake":
+            return self.fake_and_discriminator_loss(x_gen, labels, real, real_labels, noise)
+        sid, (feats, norm, ok) = self.sid_generator_loss(x_gen, labels, noise, features=True)
+        if images_seen < a["gan_start_images"]:
+            return a["loss_scale_g"] * sid, {"sid": sid}
+        chw = x_gen[0].numel()
+        adv = bce_per_sample(encoder_logits(feats).clamp(-10, 10), 1.0) / norm * chw
+        adv = torch.where(ok, adv, torch.zeros_like(adv))
+        total = 0.5 * (a["loss_scale_g"] * sid + a["loss_scale_g_gan"] * adv)
+        return total, {"sid": sid, "adv": adv}
+
+    def fake_and_discriminator_loss(self, x_gen, labels, real, real_labels, noise):
+        """Denoising loss on generated images plus the discriminator's BCE, real and fake noised with the
+        same sigma and the same noise."""
+        a = self.args
+        fake = self.nets["fake_score"]
+        x = x_gen.detach()
+        sigma = lognormal_sigma(noise, a["p_mean"], a["p_std"])
+        n = as_images(sigma) * noise.randn(*x.shape[1:])
+        weight = edm_weight(sigma, float(self.teacher.sigma_data))
+        d_fake, feats_fake = denoise(fake, x + n, sigma, labels, features=True)
+        _, feats_real = denoise(fake, real + n, sigma, real_labels, features=True)
+        score = weight * ((d_fake - x) ** 2).flatten(1).sum(1)
+        bce = bce_per_sample(encoder_logits(feats_real), 1.0) + bce_per_sample(encoder_logits(feats_fake), 0.0)
+        disc = weight * 0.5 * bce
+        return a["loss_scale"] * score + a["loss_scale_d"] * disc, {"score": score, "disc": disc}
+
+
+class SiD2A(SiDA):
+    """SiDA started from a SiD generator; the loop passes cell.init_generator as `init_generator`."""
+
+    name = "sid2a"
