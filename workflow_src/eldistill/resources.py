@@ -55,8 +55,9 @@ MAX_RUNTIME_MIN = 2880  # one job's wall-clock cap (48 h, a common site limit); 
 HOST_MEM_MB_BASE = 16000
 HOST_MEM_MB_PER_GPU = 24000
 
-# Datasets whose networks run in the 4-channel latent space of the SD VAE (8x downsampling), as EDM2 does.
-LATENT_DATASETS = ("imagenet512",)
+# Images this large are distilled in the 4-channel latent space of the SD VAE (8x smaller), as EDM2 does;
+# a teacher whose own resolution is given (64 for EDM2 latents) passes through unchanged.
+LATENT_MIN_RESOLUTION = 256
 LATENT_DOWNSAMPLE = 8
 
 
@@ -67,10 +68,9 @@ def _positive_int(name: str, value, allow_zero: bool = False) -> int:
     return value
 
 
-def network_resolution(dataset: str, resolution: int) -> int:
-    """The spatial size the teacher works at: the image size, or the latent size for latent datasets."""
-    latent = dataset.lower() in LATENT_DATASETS or resolution >= 256
-    return resolution // LATENT_DOWNSAMPLE if latent else resolution
+def network_resolution(resolution: int) -> int:
+    """The spatial size the teacher works at: the image size, or the latent size for ImageNet 512 and larger."""
+    return resolution // LATENT_DOWNSAMPLE if resolution >= LATENT_MIN_RESOLUTION else resolution
 
 
 def max_batch_gpu(net_resolution: int, teacher_params: int, gpu_mem_gb: float = ANCHOR_GPU_MEM_GB) -> int:
@@ -147,7 +147,7 @@ def plan(
     _positive_int("max_gpus", max_gpus)
     if total_images is not None:
         _positive_int("total_images", total_images)
-    net_res = network_resolution(dataset, resolution)
+    net_res = network_resolution(resolution)
 
     cpu = gpus_per_node == 0 or teacher_params < CPU_MAX_TEACHER_PARAMS
     if cpu:
