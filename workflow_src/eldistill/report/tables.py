@@ -1,0 +1,412 @@
+"""`eldistill tables`: join GRID.csv with every cell's results into one long table per paper table.
+
+Inputs, per grid row (cell `c`):
+    RUNS/c/fid.jsonl       the `final` record gives `fid` and its protocol columns; the minimum over the
+                           `snapshot` records (same protocol) gives `fid_best_snapshot`
+    RUNS/c/metrics.jsonl   `images_seen` / `iterations` of the last line, when fid.jsonl has no final record
+    RUNS/c/config.json     the cell's teacher (its file name enters the key, see report.common)
+    RUNS/c/samples.png     copied to TABLES/samples/c.png
+    BENCHMARKS/c.tsv       Snakemake's benchmark: `s` (mean over repeats) = wall seconds; gpu_seconds = s x
+                           the grid's optional `gpus` column (else s)
+
+Outputs in TABLES/: <table>.csv|.md|.tex for each `table` of the grid (one row per grid row), cells.csv
+(all of them), convergence.csv (one row per fid.jsonl record per grid row), claims.csv (the paper's
+claims computed from our numbers), gradvar.csv (the gradvar verb's CSV, tidied) and samples/.
+A cell without results is a row with NaN fid and a `status`:
+    ok                 a final FID record exists
+    protocol_mismatch  the final record's protocol differs from the grid's planned one (numbers kept)
+    no_final           only snapshot records (fid is NaN; fid_best_snapshot may be set)
+    no_fid             the run folder exists but fid.jsonl has no record
+    not_run            no run folder
+    cell_id_mismatch   fid.jsonl records name another cell (numbers dropped)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from eldistill.io import read_jsonl
+from eldistill.report.common import (
+    PROTOCOL_COLUMNS,
+    RESERVED_TABLES,
+    cell_key,
+    is_missing,
+    parse_bool,
+    protocol_note,
+    read_csv,
+)
+
+GRID_COLUMNS = (
+    "experiment",
+    "table",
+    "cell_id",
+    "scale",
+    "dataset",
+    "resolution",
+    "conditional",
+    "distiller",
+    "el",
+    "el_weight",
+    "batch",
+    "n_archs",
+    "inits_per_arch",
+    "aux_loss",
+    "total_images",
+    "protocol",
+)
+NUMERIC_GRID = ("resolution", "el_weight", "batch", "n_archs", "inits_per_arch", "total_images", "gpus")
+RESULT_COLUMNS = (
+    "fid",
+    "fid_best_snapshot",
+    *PROTOCOL_COLUMNS,
+    "images_seen",
+    "iterations",
+    "wall_seconds",
+    "gpu_seconds",
+    "teacher",
+    "samples",
+    "key",
+    "status",
+)
+DISPLAY_COLUMNS = (
+    "experiment",
+    "dataset",
+    "resolution",
+    "conditional",
+    "distiller",
+    "el",
+    "batch",
+    "n_archs",
+    "inits_per_arch",
+    "aux_loss",
+    "fid",
+    "fid_best_snapshot",
+    "images_seen",
+    "gpu_seconds",
+    "protocol",
+    "num_samples",
+    "aggregation",
+    "status",
+)
+CONVERGENCE_CELL_COLUMNS = (
+    "experiment",
+    "table",
+    "cell_id",
+    "dataset",
+    "resolution",
+    "conditional",
+    "distiller",
+    "el",
+    "batch",
+    "n_archs",
+    "inits_per_arch",
+    "aux_loss",
+    "total_images",
+    "key",
+)
+CONVERGENCE_RECORD_COLUMNS = ("kind", "images_seen", "iterations", "fid", *PROTOCOL_COLUMNS, "checkpoint")
+GRADVAR_ALIASES = {
+    "k": "K",
+    "num_embedders": "K",
+    "n_embedders": "K",
+    "b": "batch",
+    "batch_size": "batch",
+    "var": "variance",
+    "grad_var": "variance",
+    "gradient_variance": "variance",
+}
+
+
+# --- reading ------------------------------------------------------------------------------------------
+def read_grid(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"grid file not found: {path}")
+    grid = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in GRID_COLUMNS if c not in grid.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+    if grid.empty:
+        raise ValueError(f"{path}: the grid has no rows")
+    for col in NUMERIC_GRID:
+        if col in grid.columns:
+            grid[col] = [_number(v, f"{path}: column '{col}', row {i + 2}") for i, v in enumerate(grid[col])]
+    for col in ("conditional", "el"):
+        grid[col] = [parse_bool(v, f"{path}: column '{col}', row {i + 2}") for i, v in enumerate(grid[col])]
+    for i, (cell_id, table) in enumerate(zip(grid["cell_id"], grid["table"])):
+        if not cell_id.strip():
+            raise ValueError(f"{path}: column 'cell_id', row {i + 2} is empty")
+        if not table.strip() or table in RESERVED_TABLES or "/" in table:
+            raise ValueError(
+                f"{path}: column 'table', row {i + 2} is {table!r}; it must be a file name other than "
+                f"{', '.join(RESERVED_TABLES)}"
+            )
+    return grid
+
+
+def _number(value: str, where: str) -> float:
+    if str(value).strip() == "":
+        return math.nan
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{where}: not a number: {value!r}") from None
+
+
+def read_cell(run_dir: Path, cell_id: str, planned_protocol: str) -> tuple[dict, list[dict]]:
+    """The result columns of one cell and its fid.jsonl records (see the module docstring)."""
+    out = {c: math.nan for c in RESULT_COLUMNS}
+    out.update(teacher="", samples="", protocol=planned_protocol)
+    if not run_dir.is_dir():
+        out["status"] = "not_run"
+        return out, []
+    config_path = run_dir / "config.json"
+    if config_path.is_file():
+        try:
+            out["teacher"] = Path(json.loads(config_path.read_text()).get("teacher") or "").stem
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{config_path}: not valid JSON ({e})") from None
+    fid_path = run_dir / "fid.jsonl"
+    records = read_jsonl(fid_path) if fid_path.is_file() else []
+    if any(r.get("cell_id") not in (None, cell_id) for r in records):
+        out["status"] = "cell_id_mismatch"
+        return out, []
+    finals = [r for r in records if r.get("kind") == "final"]
+    snapshots = [r for r in records if r.get("kind") == "snapshot"]
+    source = finals[-1] if finals else (snapshots[-1] if snapshots else None)
+    if source is not None:
+        for col in PROTOCOL_COLUMNS:
+            out[col] = source.get(col, math.nan)
+        same = [_float(r.get("fid")) for r in snapshots if r.get("protocol") == out["protocol"]]
+        same = [f for f in same if not math.isnan(f)]
+        out["fid_best_snapshot"] = min(same) if same else math.nan
+    if finals:
+        out["fid"] = _float(finals[-1].get("fid"))
+        out["images_seen"] = _float(finals[-1].get("images_seen"))
+        out["iterations"] = _float(finals[-1].get("iterations"))
+        out["status"] = "ok" if out["protocol"] == planned_protocol else "protocol_mismatch"
+    else:
+        out["status"] = "no_final" if records else "no_fid"
+        metrics_path = run_dir / "metrics.jsonl"
+        last = read_jsonl(metrics_path)[-1:] if metrics_path.is_file() else []
+        if last:
+            out["images_seen"] = _float(last[0].get("images_seen"))
+            out["iterations"] = _float(last[0].get("iterations"))
+    return out, records
+
+
+def _float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def read_benchmark(path: Path) -> float:
+    """Mean wall seconds (`s`) over the rows of a Snakemake benchmark TSV; NaN when absent."""
+    if not path.is_file():
+        return math.nan
+    bench = pd.read_csv(path, sep="\t")
+    if "s" not in bench.columns:
+        raise ValueError(f"{path}: benchmark file has no 's' column")
+    return float(bench["s"].mean()) if len(bench) else math.nan
+
+
+def tidy_gradvar(path: str | Path) -> pd.DataFrame:
+    """The gradvar verb's CSV with canonical column names K, batch, variance (other columns kept)."""
+    df = read_csv(path, what="gradvar")
+    df = df.rename(columns=lambda c: str(c).strip()).rename(
+        columns=lambda c: GRADVAR_ALIASES.get(c.lower(), c if c == "K" else c.lower())
+    )
+    missing = [c for c in ("K", "batch", "variance") if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing gradvar column(s) {', '.join(missing)} (after aliases {GRADVAR_ALIASES})")
+    for col in ("K", "batch", "variance"):
+        values = pd.to_numeric(df[col], errors="coerce")
+        if values.isna().any():
+            raise ValueError(f"{path}: column '{col}' has a missing or non-numeric value")
+        df[col] = values
+    return df.sort_values(["K", "batch"], kind="stable").reset_index(drop=True)
+
+
+# --- claims -------------------------------------------------------------------------------------------
+def _curve(records: pd.DataFrame) -> pd.DataFrame:
+    """FID against images seen: the snapshot records, or the final record when there is no snapshot."""
+    snaps = records[records["kind"] == "snapshot"]
+    curve = snaps if len(snaps) else records[records["kind"] == "final"]
+    return curve.dropna(subset=["fid", "images_seen"]).sort_values("images_seen")
+
+
+def iteration_reduction(cells: pd.DataFrame, convergence: pd.DataFrame) -> dict | None:
+    """Largest % fewer images (= iterations at equal batch) EL needs to reach its EL-off twin's last FID.
+
+    Twins share experiment, dataset, resolution, conditional, distiller, batch, aux_loss and total_images.
+    """
+    twin = ["experiment", "dataset", "resolution", "conditional", "distiller", "batch", "aux_loss", "total_images"]
+    found = []
+    for _, group in cells.groupby(twin, dropna=False, sort=False):
+        for _, off in group[~group["el"]].iterrows():
+            off_curve = _curve(convergence[convergence["cell_id"] == off["cell_id"]])
+            if off_curve.empty:
+                continue
+            target, off_images, protocol = off_curve.iloc[-1][["fid", "images_seen", "protocol"]]
+            for _, on in group[group["el"]].iterrows():
+                on_curve = _curve(convergence[convergence["cell_id"] == on["cell_id"]])
+                on_curve = on_curve[(on_curve["protocol"] == protocol) & (on_curve["fid"] <= target)]
+                if len(on_curve) and off_images > 0:
+                    reduction = 100.0 * (1.0 - on_curve["images_seen"].iloc[0] / off_images)
+                    found.append((reduction, protocol, f"{on['cell_id']} vs {off['cell_id']}: {reduction:.1f}%"))
+    if not found:
+        return None
+    best = max(found, key=lambda f: f[0])
+    return {
+        "key": "claim/iterations",
+        "metric": "max_iteration_reduction_pct",
+        "value": best[0],
+        "protocol": best[1],
+        "detail": "; ".join(f[2] for f in found),
+    }
+
+
+def diversity_gain(cells: pd.DataFrame) -> dict | None:
+    """% lower FID of the 4 archs x 4 inits ensemble than one architecture (4 inits, else its most inits),
+    averaged over the groups (same experiment, dataset, distiller, batch, total_images) that have both."""
+    el = cells[cells["el"] & cells["fid"].notna()]
+    group_cols = ["experiment", "dataset", "resolution", "conditional", "distiller", "batch", "total_images"]
+    found = []
+    for _, group in el.groupby(group_cols, dropna=False, sort=False):
+        full = group[(group["n_archs"] == 4) & (group["inits_per_arch"] == 4)]
+        single = group[group["n_archs"] == 1]
+        if full.empty or single.empty:
+            continue
+        inits = 4 if (single["inits_per_arch"] == 4).any() else single["inits_per_arch"].max()
+        single, full = single[single["inits_per_arch"] == inits].iloc[0], full.iloc[0]
+        if full["protocol"] != single["protocol"] or single["fid"] <= 0:
+            continue
+        gain = 100.0 * (single["fid"] - full["fid"]) / single["fid"]
+        found.append((gain, full["protocol"], f"{full['cell_id']} vs {single['cell_id']}: {gain:.1f}%"))
+    if not found:
+        return None
+    return {
+        "key": "claim/diversity",
+        "metric": "fid_gain_4arch4init_vs_1arch_pct",
+        "value": float(np.mean([f[0] for f in found])),
+        "protocol": ",".join(sorted({f[1] for f in found})),
+        "detail": "; ".join(f[2] for f in found),
+    }
+
+
+# --- writing ------------------------------------------------------------------------------------------
+def _markdown(name: str, df: pd.DataFrame) -> str:
+    protocols = df[list(PROTOCOL_COLUMNS)].drop_duplicates()
+    lines = [f"# Table `{name}`", "", protocol_note(df["protocol"]), ""]
+    for _, p in protocols.iterrows():
+        lines.append("- protocol: " + ", ".join(f"{c} = {p[c]}" for c in PROTOCOL_COLUMNS))
+    ok = int((df["status"] == "ok").sum())
+    lines += ["", f"{len(df)} cells, {ok} with a final FID (status `ok`).", ""]
+    lines.append(df[list(DISPLAY_COLUMNS)].to_markdown(index=False, floatfmt=".4g"))
+    return "\n".join(lines) + "\n"
+
+
+def _latex(name: str, df: pd.DataFrame) -> str:
+    shown = df[list(DISPLAY_COLUMNS)].rename(columns=lambda c: c.replace("_", " "))
+    return shown.to_latex(
+        index=False,
+        escape=True,
+        na_rep="--",
+        float_format="%.4g",
+        caption=f"{name}. {protocol_note(df['protocol'])}",
+        label=f"tab:{name}",
+        longtable=len(df) > 40,
+    )
+
+
+def _write(text: str, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def make_tables(
+    grid_path: str | Path,
+    runs_dir: str | Path,
+    out_dir: str | Path,
+    benchmarks_dir: str | Path | None = None,
+    gradvar_path: str | Path | None = None,
+) -> pd.DataFrame:
+    """Write every table (module docstring) and return the cells table (all grid rows)."""
+    grid = read_grid(grid_path)
+    runs_dir, out_dir = Path(runs_dir), Path(out_dir)
+    (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+    rows, conv = [], []
+    cache: dict[str, tuple[dict, list[dict]]] = {}
+    for _, g in tqdm(grid.iterrows(), total=len(grid), desc="tables", unit="row"):
+        cell_id = g["cell_id"]
+        if cell_id not in cache:
+            cache[cell_id] = read_cell(runs_dir / cell_id, cell_id, g["protocol"])
+            sample = runs_dir / cell_id / "samples.png"
+            if sample.is_file():
+                shutil.copyfile(sample, out_dir / "samples" / f"{cell_id}.png")
+        result, records = cache[cell_id]
+        row = {**g.to_dict(), **result}
+        if (runs_dir / cell_id / "samples.png").is_file():
+            row["samples"] = f"samples/{cell_id}.png"
+        wall = read_benchmark(Path(benchmarks_dir) / f"{cell_id}.tsv") if benchmarks_dir else math.nan
+        gpus = g.get("gpus", math.nan)
+        row["wall_seconds"] = wall
+        row["gpu_seconds"] = wall * (gpus if not is_missing(gpus) else 1.0)
+        row["key"] = cell_key(
+            g["dataset"], g["resolution"], g["conditional"], g["distiller"], g["el"], g["batch"],
+            g["n_archs"], g["inits_per_arch"], g["aux_loss"], row["teacher"],
+        )  # fmt: skip
+        rows.append(row)
+        for r in records:
+            conv.append(
+                {**{c: row[c] for c in CONVERGENCE_CELL_COLUMNS}, **{c: r.get(c) for c in CONVERGENCE_RECORD_COLUMNS}}
+            )
+    columns = list(GRID_COLUMNS) + [c for c in grid.columns if c not in GRID_COLUMNS]
+    columns += [c for c in RESULT_COLUMNS if c not in columns]
+    cells = pd.DataFrame(rows, columns=columns)
+    cells["el"] = cells["el"].astype(bool)
+    convergence = pd.DataFrame(conv, columns=list(CONVERGENCE_CELL_COLUMNS) + list(CONVERGENCE_RECORD_COLUMNS))
+    for col in ("fid", "images_seen", "iterations"):
+        convergence[col] = pd.to_numeric(convergence[col], errors="coerce")
+
+    for name in dict.fromkeys(cells["table"]):  # first-appearance order
+        df = cells[cells["table"] == name]
+        df.to_csv(out_dir / f"{name}.csv", index=False)
+        _write(_markdown(name, df), out_dir / f"{name}.md")
+        _write(_latex(name, df), out_dir / f"{name}.tex")
+    cells.to_csv(out_dir / "cells.csv", index=False)
+    convergence.to_csv(out_dir / "convergence.csv", index=False)
+    claims = [c for c in (iteration_reduction(cells, convergence), diversity_gain(cells)) if c]
+    pd.DataFrame(claims, columns=["key", "metric", "value", "protocol", "detail"]).to_csv(
+        out_dir / "claims.csv", index=False
+    )
+    if gradvar_path:
+        tidy_gradvar(gradvar_path).to_csv(out_dir / "gradvar.csv", index=False)
+    return cells
+
+
+# --- CLI ----------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--grid", required=True, help="GRID.csv written by `eldistill grid`")
+    parser.add_argument("--runs", required=True, help="results/<scale>/runs")
+    parser.add_argument("--benchmarks", help="folder of Snakemake benchmark TSVs, <cell_id>.tsv")
+    parser.add_argument("--gradvar", help="CSV written by `eldistill gradvar`")
+    parser.add_argument("--out", required=True, help="tables folder (results/<scale>/tables)")
+
+
+def run(args: argparse.Namespace) -> int:
+    cells = make_tables(args.grid, args.runs, args.out, args.benchmarks, args.gradvar)
+    ok = int((cells["status"] == "ok").sum())
+    print(f"tables: {len(cells)} rows, {ok} with a final FID -> {args.out}")
+    return 0
