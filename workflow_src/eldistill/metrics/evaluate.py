@@ -1,0 +1,232 @@
+"""`eldistill evaluate`: FID of a run's generator (and of every snapshot) under a named protocol.
+
+Images are drawn the way EDM's generate.py does it, one seed per image (so a number does not depend on
+the batch size or the device count): z ~ N(0, I) from torch.Generator().manual_seed(seed); conditional
+models get class-balanced labels (seed % label_dim); outputs are quantised with EDM's uint8 rule. Seed
+range k of a checkpoint is [k * N, (k + 1) * N), as EDM and the paper do for "minimum of 3 seeds".
+
+RUN_DIR/fid.jsonl gets one record per evaluated checkpoint (kind "snapshot") and one record with the
+cell's reported number (kind "final"); an evaluation already recorded is reused, never recomputed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from eldistill.generator import one_step, to_uint8
+from eldistill.io import append_jsonl, atomic_write_bytes, read_jsonl
+from eldistill.metrics.fid import FeatureStats, frechet_distance
+from eldistill.metrics.protocols import check_num_samples, file_digest, get_protocol, load_feature_net, load_reference
+
+AGGREGATIONS = ("final", "min-of-3-seeds", "best-snapshot")
+GRID_SEEDS = range(64)  # samples.png: an 8x8 grid of the same seeds for every run
+
+
+def load_generator(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    from eldistill.checkpoints import load_network
+
+    net, meta = load_network(path, map_location=device)
+    if meta.get("kind") != "generator" or "sigma_init" not in meta:
+        raise ValueError(f"{path}: not a generator checkpoint (meta needs kind='generator' and 'sigma_init')")
+    return net.eval(), meta
+
+
+def seed_labels(net: torch.nn.Module, seeds: list[int]) -> torch.Tensor | None:
+    """Class-balanced one-hot labels (seed % label_dim), or None for an unconditional model."""
+    label_dim = int(getattr(net, "label_dim", 0) or 0)
+    if label_dim == 0:
+        return None
+    return torch.nn.functional.one_hot(torch.tensor(seeds) % label_dim, label_dim).to(torch.float32)
+
+
+@torch.no_grad()
+def generate_uint8(net: torch.nn.Module, sigma_init: float, seeds: list[int], device: str = "cpu") -> torch.Tensor:
+    """uint8 images (B, C, H, W) on `device`, one seeded noise draw per image."""
+    shape = (net.img_channels, net.img_resolution, net.img_resolution)
+    z = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    labels = seed_labels(net, seeds)
+    images = one_step(net, z.to(device), sigma_init, None if labels is None else labels.to(device))
+    return to_uint8(images)
+
+
+def generated_stats(net, sigma_init, seeds: range, fnet, batch_size: int, device: str, desc: str) -> FeatureStats:
+    """Feature statistics of the generator's images for `seeds` (generation + features, one tqdm bar)."""
+    from cleanfid.fid import get_batch_features
+
+    stats = FeatureStats(fnet.dim)
+    with tqdm(total=len(seeds), desc=desc, unit="img") as bar:
+        for start in range(0, len(seeds), batch_size):
+            batch = list(seeds[start : start + batch_size])
+            images = generate_uint8(net, sigma_init, batch, device)
+            if images.shape[1] == 1:
+                images = images.repeat(1, 3, 1, 1)  # greyscale -> RGB, as clean-fid/EDM read the dataset
+            stats.update(get_batch_features(images.to(torch.float32), fnet, torch.device(device)))
+            bar.update(len(batch))
+    return stats
+
+
+def seed_string(seeds: range) -> str:
+    return f"{seeds.start}-{seeds.stop - 1}"
+
+
+def save_grid(net, sigma_init: float, path: Path, device: str = "cpu") -> Path:
+    """An 8x8 PNG grid of the fixed GRID_SEEDS."""
+    from PIL import Image
+
+    images = generate_uint8(net, sigma_init, list(GRID_SEEDS), device).cpu()
+    c, h, w = images.shape[1:]
+    grid = images.reshape(8, 8, c, h, w).permute(0, 3, 1, 4, 2).reshape(8 * h, 8 * w, c).numpy()
+    image = Image.fromarray(grid[:, :, 0] if c == 1 else grid, "L" if c == 1 else "RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return atomic_write_bytes(buffer.getvalue(), path)
+
+
+def _cell_id(run_dir: Path, meta: dict) -> str:
+    if meta.get("cell_id"):
+        return str(meta["cell_id"])
+    config = run_dir / "config.json"
+    if config.is_file():
+        try:
+            return str(json.loads(config.read_text()).get("cell_id") or run_dir.name)
+        except json.JSONDecodeError:
+            pass
+    return run_dir.name
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    protocol: str,
+    reference: str | Path,
+    state_dir: str | Path | None = None,
+    feature_net: str | Path | None = None,
+    num_samples: int | None = None,
+    snapshots: bool = False,
+    aggregation: str = "final",
+    device: str = "cpu",
+    batch_size: int = 256,
+) -> dict:
+    """Evaluate RUN_DIR/generator.pt (and the snapshots), append to RUN_DIR/fid.jsonl, write samples.png.
+    Returns the "final" record (the cell's reported number)."""
+    run_dir = Path(run_dir)
+    proto = get_protocol(protocol)
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation {aggregation!r} is unknown; choose one of {', '.join(AGGREGATIONS)}")
+    num_samples = proto.default_samples if num_samples is None else int(num_samples)
+    check_num_samples(proto, num_samples)
+    final_path = run_dir / "generator.pt"
+    if not final_path.is_file():
+        raise ValueError(f"generator checkpoint not found: {final_path}")
+    snapshot_paths: list[Path] = []
+    if snapshots or aggregation == "best-snapshot":
+        if state_dir is None:
+            raise ValueError("--state-dir is required to evaluate snapshots (state_dir/snapshots/generator-*.pt)")
+        snapshot_paths = sorted((Path(state_dir) / "snapshots").glob("generator-*.pt"))
+    fnet = load_feature_net(proto, feature_net, device)
+    ref = load_reference(reference)
+    ref.check(proto, fnet.id, reference)
+
+    log_path = run_dir / "fid.jsonl"
+    base = {"protocol": proto.name, "feature_net": fnet.id, "num_samples": num_samples, "reference": ref.ref_id}
+    done = {}  # (checkpoint digest, seeds) -> record, from earlier calls with the same protocol settings
+    if log_path.is_file():
+        for rec in read_jsonl(log_path):
+            if rec.get("kind") == "snapshot" and all(rec.get(k) == v for k, v in base.items()):
+                done[(rec.get("checkpoint_digest"), rec.get("seeds"))] = rec
+
+    def evaluate(path: Path, seeds: range) -> dict:
+        digest = file_digest(path, 16)
+        key = (digest, seed_string(seeds))
+        if key in done:
+            return done[key]
+        net, meta = load_generator(path, device)
+        fnet.check_images(net.img_channels, net.img_resolution)
+        stats = generated_stats(net, meta["sigma_init"], seeds, fnet, batch_size, device, f"FID {path.name}")
+        mu, sigma = stats.mu_sigma()
+        record = {
+            "fid": frechet_distance(mu, sigma, ref.mu, ref.sigma),
+            **base,
+            "seeds": seed_string(seeds),
+            "aggregation": "single",
+            "checkpoint": str(path),
+            "checkpoint_digest": digest,
+            "images_seen": meta.get("images_seen"),
+            "iterations": meta.get("iterations"),
+            "kind": "snapshot",
+            "cell_id": _cell_id(run_dir, meta),
+            "paper_comparable": proto.paper_comparable,
+        }
+        append_jsonl(record, log_path)
+        done[key] = record
+        return record
+
+    first = range(0, num_samples)
+    for path in snapshot_paths:
+        evaluate(path, first)
+    final = evaluate(final_path, first)
+    if aggregation == "min-of-3-seeds":
+        runs = [final] + [evaluate(final_path, range(k * num_samples, (k + 1) * num_samples)) for k in (1, 2)]
+        chosen = min(runs, key=lambda r: r["fid"])
+        detail = {"fid_per_seed_range": {r["seeds"]: r["fid"] for r in runs}}
+    elif aggregation == "best-snapshot":
+        runs = [evaluate(p, first) for p in snapshot_paths] + [final]
+        chosen = min(runs, key=lambda r: r["fid"])
+        detail = {"fid_final_checkpoint": final["fid"], "num_checkpoints_compared": len(runs)}
+    else:
+        runs, chosen, detail = [final], final, {}
+    seeds = ",".join(r["seeds"] for r in runs) if aggregation == "min-of-3-seeds" else chosen["seeds"]
+    record = {**chosen, "seeds": seeds, "aggregation": aggregation, "kind": "final", **detail}
+    previous = [r for r in read_jsonl(log_path) if r.get("kind") == "final"]
+    if not previous or previous[-1] != record:
+        append_jsonl(record, log_path)  # the last "final" record is the cell's number
+
+    net, meta = load_generator(final_path, device)
+    save_grid(net, meta["sigma_init"], run_dir / "samples.png", device)
+    return record
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="RUN_DIR holding generator.pt; fid.jsonl and samples.png go here")
+    parser.add_argument("--state-dir", default=None, help="STATE_DIR holding snapshots/generator-*.pt")
+    parser.add_argument("--protocol", required=True, help="fid50k-tf-inception or mini-classifier")
+    parser.add_argument("--reference", required=True, help="reference stats: .npz from ref-stats, EDM .npz, EDM2 .pkl")
+    parser.add_argument(
+        "--feature-net",
+        default=None,
+        help="mini-classifier: the classifier .pt (required); fid50k-tf-inception: inception-2015-12-05.pt "
+        "(default: $ELDISTILL_INCEPTION, ~/.cache/eldistill/, /tmp/)",
+    )
+    parser.add_argument("--num-samples", type=int, default=None, help="generated images per FID (paper: 50000)")
+    parser.add_argument("--snapshots", action="store_true", help="also evaluate every snapshot (convergence curve)")
+    parser.add_argument("--aggregation", choices=AGGREGATIONS, default="final")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--batch", type=int, default=256, help="images per generation/feature batch")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        record = evaluate_run(
+            args.run,
+            args.protocol,
+            args.reference,
+            state_dir=args.state_dir,
+            feature_net=args.feature_net,
+            num_samples=args.num_samples,
+            snapshots=args.snapshots,
+            aggregation=args.aggregation,
+            device=args.device,
+            batch_size=args.batch,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    label = "" if record["paper_comparable"] else " (miniature protocol: not comparable with paper FIDs)"
+    print(f"FID {record['fid']:.4f} [{record['protocol']}, {record['aggregation']}, n={record['num_samples']}]{label}")
+    return 0

@@ -1,0 +1,211 @@
+"""The two FID protocols, their reference-statistics files, and the checks that keep numbers comparable.
+
+A reference file records the protocol (and feature network) it was computed under. Published EDM `.npz`
+(`mu`, `sigma`) and EDM2 `.pkl` (`{'fid': {'mu', 'sigma'}, ...}`) files record nothing; they are the
+paper protocol's by construction and are accepted as such when their features are 2048-d.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from eldistill.io import atomic_write_bytes
+
+PAPER = "fid50k-tf-inception"
+MINI = "mini-classifier"
+INCEPTION_DIM = 2048
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    required_samples: int | None  # exactly this many generated images, or None = any (>= 2)
+    default_samples: int
+    paper_comparable: bool
+    description: str
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    PAPER: Protocol(
+        PAPER,
+        50_000,
+        50_000,
+        True,
+        "TF-Inception pool3 features (clean-fid legacy_tensorflow, inception-2015-12-05.pt), exactly 50,000 "
+        "generated images, published reference statistics",
+    ),
+    MINI: Protocol(
+        MINI,
+        None,
+        5_000,
+        False,
+        "features of the miniature classifier trained on the miniature dataset; NOT comparable with paper FIDs",
+    ),
+}
+
+
+class ProtocolError(ValueError):
+    """An FID request that would produce a number under the wrong or a mixed protocol."""
+
+
+def get_protocol(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise ProtocolError(f"protocol {name!r} is unknown; choose one of {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
+def check_num_samples(protocol: Protocol, num_samples: int) -> None:
+    if protocol.required_samples is not None and num_samples != protocol.required_samples:
+        raise ProtocolError(
+            f"num_samples = {num_samples}: protocol {protocol.name} needs exactly {protocol.required_samples:,} "
+            f"generated images (fewer changes the FID's bias and makes it incomparable with the paper); "
+            f"use protocol {MINI} for quick checks"
+        )
+    if num_samples < 2:
+        raise ProtocolError(f"num_samples = {num_samples}: need at least 2 images for a covariance")
+
+
+def file_digest(path: str | Path, length: int = 12) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:length]
+
+
+@dataclass
+class Reference:
+    mu: np.ndarray
+    sigma: np.ndarray
+    protocol: str
+    feature_net: str | None  # None for published files (the TF-Inception detector is implied)
+    num_images: int | None
+    ref_id: str  # file name and content hash: what FID records cite
+
+    def check(self, protocol: Protocol, feature_net_id: str, path: str | Path) -> None:
+        """Refuse to compare features from another protocol or another feature network."""
+        if self.protocol != protocol.name:
+            raise ProtocolError(
+                f"reference {path} was computed under protocol {self.protocol!r}, not {protocol.name!r}; "
+                f"make one with `eldistill ref-stats --protocol {protocol.name}`"
+            )
+        if self.feature_net is not None and self.feature_net != feature_net_id:
+            raise ProtocolError(
+                f"reference {path} was computed with feature network {self.feature_net!r}, but this evaluation "
+                f"uses {feature_net_id!r}; recompute the reference with the same --feature-net"
+            )
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Rebuilds dicts, numbers, strings and numpy arrays; any other global (code) is refused."""
+
+    ALLOWED = {
+        (mod, name)
+        for mod in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")
+    } | {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("builtins", "bytearray"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name} (only numpy arrays are allowed)")
+        return super().find_class(module, name)
+
+
+def _read_pkl(path: Path) -> dict:
+    try:
+        data = _ArraysOnlyUnpickler(io.BytesIO(path.read_bytes())).load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as e:
+        raise ValueError(f"reference {path}: not a readable statistics pickle ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("fid"), dict):
+        raise ValueError(f"reference {path}: expected EDM2's {{'fid': {{'mu', 'sigma'}}, ...}} layout")
+    stats = data["fid"]
+    return {"mu": stats.get("mu"), "sigma": stats.get("sigma"), "num_images": data.get("num_images")}
+
+
+def _read_npz(path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {key: f[key] for key in f.files}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"reference {path}: not a readable .npz ({e})") from None
+
+
+def load_reference(path: str | Path) -> Reference:
+    """Read our `.npz`, EDM's `.npz` or EDM2's `.pkl` reference statistics, without executing code."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"reference statistics file not found: {path}")
+    data = _read_pkl(path) if path.suffix == ".pkl" else _read_npz(path)
+    mu, sigma = data.get("mu"), data.get("sigma")
+    if mu is None or sigma is None:
+        raise ValueError(f"reference {path}: needs 'mu' and 'sigma'")
+    mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise ValueError(f"reference {path}: 'mu' {mu.shape} and 'sigma' {sigma.shape} do not match")
+    if "protocol" in data:
+        protocol = str(data["protocol"])
+        feature_net = str(data["feature_net"]) if "feature_net" in data else None
+    elif mu.shape[0] == INCEPTION_DIM:
+        protocol, feature_net = PAPER, None  # a published EDM/EDM2 file
+    else:
+        raise ValueError(
+            f"reference {path}: records no protocol and its {mu.shape[0]}-d features are not Inception's; "
+            "make references with `eldistill ref-stats`"
+        )
+    num = data.get("num_images")
+    num_images = int(num) if num is not None else None
+    return Reference(mu, sigma, protocol, feature_net, num_images, f"{path.name}:{file_digest(path)}")
+
+
+def save_reference(
+    path: str | Path,
+    mu: np.ndarray,
+    sigma: np.ndarray,
+    protocol: str,
+    feature_net: str,
+    num_images: int,
+    dataset: str,
+) -> Path:
+    """Our reference format: an `.npz` holding EDM's keys plus the protocol it was computed under."""
+    get_protocol(protocol)
+    if Path(path).suffix != ".npz":
+        raise ValueError(f"reference output {path}: must end in .npz")
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        mu=np.asarray(mu, np.float64),
+        sigma=np.asarray(sigma, np.float64),
+        protocol=np.array(protocol),
+        feature_net=np.array(feature_net),
+        num_images=np.array(num_images, np.int64),
+        dataset=np.array(str(dataset)),
+    )
+    return atomic_write_bytes(buffer.getvalue(), path)
+
+
+def load_feature_net(protocol: Protocol, path: str | Path | None = None, device: str = "cpu"):
+    """The protocol's feature network: a callable on float (B, 3, H, W) images in [0, 255] -> (B, D), with
+    `.id` (what records cite) and `.dim`. For the paper protocol `path` is the Inception detector file
+    (optional: a cache is searched); for the miniature it is the classifier checkpoint (required)."""
+    if protocol.name == PAPER:
+        from eldistill.metrics.inception import InceptionFeatures
+
+        return InceptionFeatures(path, device)
+    if path is None:
+        raise ValueError(f"protocol {MINI} needs --feature-net (a checkpoint from `eldistill train-classifier`)")
+    from eldistill.metrics.classifier import ClassifierFeatures
+
+    return ClassifierFeatures(path, device)
