@@ -1,0 +1,528 @@
+"""The one training loop (`eldistill train --config CELL.json`): any distiller, optionally plus the Embedding
+Loss, on one process or many (torchrun / SLURM; gloo on CPUs, NCCL on GPUs).
+
+How one iteration runs: for each phase the distiller names (fake-score turn, generator turn), every process
+computes its share of the global batch in rounds of `batch_gpu` samples, gradients are summed over rounds and
+averaged over processes, then that phase's optimizers step. All randomness of a phase (noise, labels, sigmas,
+real-image indices) is drawn for the whole global batch from a seed of (cell.seed, iteration, phase) and
+sliced per round, so the update is the same however the batch is split, and a resumed run repeats exactly
+what an uninterrupted one would have done. The Embedding Loss is added here, to the generator turn of every
+distiller: loss += lambda_EL * EL(x_gen, x_real), estimated on each round's samples (an unbiased estimate
+for any round size) and averaged over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import resource
+import signal
+import sys
+import threading
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from eldistill import dist
+from eldistill.cell import DISTILLERS, Cell
+from eldistill.distillers import Phase, SampleNoise, build_distiller
+from eldistill.generator import one_step
+from eldistill.io import append_jsonl, atomic_torch_save, atomic_write_bytes, atomic_write_json, read_jsonl
+
+EXIT_REQUEUE = 3  # stopped by SIGTERM/SIGUSR1 after saving: requeue me
+STATE_FILE = "training-state.pt"
+STATE_FORMAT = "eldistill-train-state-v1"
+STATE_SAVE_SECONDS = 1800  # besides snapshots, the full state is saved at least this often (wall clock)
+EMA_RAMPUP = 0.05  # EDM: the EMA half-life is at most 5 % of the images seen so far
+PRELOAD_BYTES = 1 << 30  # datasets smaller than this are decoded once into memory
+
+
+class StopRequested(Exception):
+    """A SIGTERM/SIGUSR1 arrived; the step finished and the state is saved."""
+
+
+class NonFiniteError(RuntimeError):
+    """Too many steps had non-finite losses or gradients."""
+
+
+# --- randomness that does not depend on how the batch is split --------------------------------------------
+class PhaseRandom:
+    """The draws of one phase of one iteration, each made once for the whole global batch."""
+
+    def __init__(self, seed: int, batch: int, device: torch.device):
+        self.gen = torch.Generator(device=device).manual_seed(seed)
+        self.batch, self.device, self.draws = batch, device, []
+
+    def draw(self, k: int, kind: str, shape: tuple[int, ...], low: int = 0, high: int = 0) -> torch.Tensor:
+        key = (kind, shape, low, high)
+        if k == len(self.draws):
+            size = (self.batch, *shape)
+            if kind == "randn":
+                t = torch.randn(size, generator=self.gen, device=self.device)
+            elif kind == "rand":
+                t = torch.rand(size, generator=self.gen, device=self.device)
+            else:
+                t = torch.randint(low, high, size, generator=self.gen, device=self.device)
+            self.draws.append((key, t))
+        if self.draws[k][0] != key:
+            raise RuntimeError(f"draw {k} of a phase changed from {self.draws[k][0]} to {key} between rounds")
+        return self.draws[k][1]
+
+
+class RoundNoise(SampleNoise):
+    """The rows [start, stop) of the phase's global draws, in call order."""
+
+    def __init__(self, phase: PhaseRandom, start: int, stop: int):
+        self.phase, self.start, self.stop, self.k = phase, start, stop, 0
+
+    def _take(self, kind, shape, low=0, high=0):
+        t = self.phase.draw(self.k, kind, tuple(int(s) for s in shape), low, high)
+        self.k += 1
+        return t[self.start : self.stop]
+
+    def randn(self, *shape):
+        return self._take("randn", shape)
+
+    def rand(self, *shape):
+        return self._take("rand", shape)
+
+    def randint(self, low, high, *shape):
+        return self._take("randint", shape, int(low), int(high))
+
+
+def phase_seed(seed: int, iteration: int, phase_index: int) -> int:
+    return (seed * 1_000_003 + iteration * 16 + phase_index) % (1 << 63)
+
+
+# --- small helpers -----------------------------------------------------------------------------------------
+def real_batch(ds, index: torch.Tensor, label_dim: int, device: torch.device):
+    """Images in [-1, 1] and one-hot labels (None for an unconditional teacher) of dataset rows `index`."""
+    items = [ds[int(i)] for i in index.cpu()]
+    images = torch.stack([im for im, _ in items]).to(device=device, dtype=torch.float32) / 127.5 - 1
+    if not label_dim:
+        return images, None
+    labels = torch.tensor([lab for _, lab in items], device=device)
+    return images, torch.nn.functional.one_hot(labels, label_dim).float()
+
+
+def ema_beta(images_seen: int, batch: int, halflife_images: int) -> float:
+    """EDM's EMA decay per iteration: half-life in images, ramped up to EMA_RAMPUP * images seen."""
+    h = min(halflife_images, images_seen * EMA_RAMPUP)
+    return 0.5 ** (batch / max(h, 1e-8))
+
+
+def build_optimizer(params, lr: float, betas, eps: float, weight_decay: float) -> torch.optim.Optimizer:
+    if weight_decay > 0:
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps)
+
+
+def memory_mb(device: torch.device) -> dict[str, float]:
+    out = {"mem/max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        out["mem/cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        out["mem/cuda_max_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
+    return out
+
+
+class SignalFlag:
+    """Remembers a SIGTERM/SIGUSR1 so the loop can finish the step, save and exit."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGUSR1):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+# --- the loop ----------------------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, cell: Cell, info: dist.DistInfo):
+        from eldistill.checkpoints import load_network
+        from eldistill.data import ImageDataset
+
+        self.cell, self.info, self.device = cell, info, info.device
+        self.world = info.world_size
+        self.batch_local = cell.batch // self.world
+        self.batch_gpu = cell.batch_gpu or self.batch_local
+        self.rounds = self.batch_local // self.batch_gpu
+
+        teacher, _ = load_network(cell.teacher)
+        init = load_network(cell.init_generator)[0] if cell.init_generator else None
+        self.distiller = build_distiller(cell.distiller, teacher, cell.distiller_args, init)
+        self.teacher = teacher.to(self.device)
+        self.nets = {name: net.to(self.device) for name, net in self.distiller.nets.items()}
+        self.extra = {name: m.to(self.device) for name, m in self.distiller.extra_modules.items()}
+        self.generator = self.nets["generator"]
+        self.ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
+        self.shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
+        self.label_dim = int(teacher.label_dim)
+
+        self.ds = ImageDataset(cell.dataset)
+        if (self.ds.channels, self.ds.resolution, self.ds.resolution) != self.shape:
+            raise ValueError(
+                f"dataset: {cell.dataset} holds {self.ds.channels}x{self.ds.resolution}x{self.ds.resolution} images; "
+                f"the teacher {cell.teacher} makes {'x'.join(map(str, self.shape))}"
+            )
+        if self.label_dim and not self.ds.label_dim:
+            raise ValueError(f"dataset: {cell.dataset} has no labels but the teacher {cell.teacher} is conditional")
+        if self.ds.label_dim > max(self.label_dim, 1) and self.label_dim:
+            raise ValueError(f"dataset: {cell.dataset} has {self.ds.label_dim} classes, the teacher {self.label_dim}")
+        needs_real = cell.el.enabled or any(
+            p.needs_real for p in self.distiller.phases(0, 0) + self.distiller.phases(cell.total_images, 0)
+        )
+        if needs_real and len(self.ds) * math.prod(self.shape) < PRELOAD_BYTES:
+            self.ds = ImageDataset(cell.dataset, preload=True)
+
+        self.el = None
+        if cell.el.enabled:
+            from eldistill.embedding import EmbeddingLoss
+
+            self.el = EmbeddingLoss.from_config(cell.el, in_channels=self.shape[0]).to(self.device)
+            self.el_names = list(self.el.names)
+
+        cuda = self.device.type == "cuda"
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cell.precision) if cuda else None
+        if cell.precision != "fp32" and not cuda and info.is_main:
+            print(f"train: precision {cell.precision} applies on CUDA only; running fp32 on the CPU", file=sys.stderr)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        eps = 1e-6 if cell.precision == "fp16" else 1e-8  # the references' Adam eps
+        wd = float(self.distiller.args.get("weight_decay", 0.0))
+        self.optimizers = {
+            name: build_optimizer(
+                net.parameters(), cell.generator_lr if name == "generator" else cell.lr, cell.adam_betas, eps, wd
+            )
+            for name, net in self.nets.items()
+        }
+        self.images_seen = self.iterations = self.nonfinite = 0
+        self.state_dir = Path(cell.state_dir)
+        self.run_dir = Path(cell.run_dir)
+
+    # --- state -------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "format": STATE_FORMAT,
+            "cell_id": self.cell.cell_id,
+            "images_seen": self.images_seen,
+            "iterations": self.iterations,
+            "nonfinite": self.nonfinite,
+            "nets": {k: v.state_dict() for k, v in self.nets.items()},
+            "extra": {k: v.state_dict() for k, v in self.extra.items()},
+            "ema": self.ema.state_dict(),
+            "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        }
+
+    def save_state(self) -> None:
+        if self.info.is_main:
+            atomic_torch_save(self.state_dict(), self.state_dir / STATE_FILE)
+        dist.barrier(self.world)
+
+    def try_resume(self) -> bool:
+        path = self.state_dir / STATE_FILE
+        if not path.exists():
+            return False
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{path}: unreadable training state ({e}); delete it to start over") from None
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError(f"{path}: not an eldistill training state")
+        if state["cell_id"] != self.cell.cell_id:
+            raise ValueError(f"{path}: holds the state of cell {state['cell_id']}, not {self.cell.cell_id}")
+        for k, v in self.nets.items():
+            v.load_state_dict(state["nets"][k])
+        for k, v in self.extra.items():
+            v.load_state_dict(state["extra"][k])
+        self.ema.load_state_dict(state["ema"])
+        for k, v in self.optimizers.items():
+            v.load_state_dict(state["optimizers"][k])
+        if self.scaler and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if state["rng_cuda"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
+        self.images_seen, self.iterations, self.nonfinite = (
+            state["images_seen"],
+            state["iterations"],
+            state["nonfinite"],
+        )
+        self._trim_metrics()
+        return True
+
+    def _trim_metrics(self) -> None:
+        """Drop log lines written after the state we resume from (they will be written again)."""
+        path = self.run_dir / "metrics.jsonl"
+        if self.info.is_main and path.exists():
+            keep = [r for r in read_jsonl(path) if r.get("images_seen", 0) <= self.images_seen]
+            atomic_write_bytes("".join(_jsonl_line(r) for r in keep).encode(), path)
+
+    def generator_meta(self) -> dict:
+        return {
+            "kind": "generator",
+            "sigma_init": self.distiller.sigma_init,
+            "images_seen": self.images_seen,
+            "iterations": self.iterations,
+            "cell_id": self.cell.cell_id,
+            "distiller": self.cell.distiller,
+            "distiller_args": self.distiller.args,
+        }
+
+    def save_snapshot(self) -> None:
+        from eldistill.checkpoints import save_network
+
+        if self.info.is_main:
+            path = self.state_dir / "snapshots" / f"generator-{self.images_seen:010d}.pt"
+            save_network(path, self.ema, meta=self.generator_meta())
+
+    # --- one iteration -----------------------------------------------------------------------------------
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    def run_phase(self, phase: Phase, index: int, logs: dict[str, float]) -> None:
+        cell, gen_phase = self.cell, phase.name == "generator"
+        for name, net in self.nets.items():
+            net.requires_grad_(name in phase.nets)
+        params = [p for name in phase.nets for p in self.nets[name].parameters()]
+        for name in phase.nets:
+            self.optimizers[name].zero_grad(set_to_none=True)
+        use_el = gen_phase and self.el is not None
+        prand = PhaseRandom(phase_seed(cell.seed, self.iterations, index), cell.batch, self.device)
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
+        for r in range(self.rounds):
+            start = self.info.rank * self.batch_local + r * self.batch_gpu
+            noise = RoundNoise(prand, start, start + self.batch_gpu)
+            n = self.batch_gpu
+            with self.autocast():
+                z = noise.randn(*self.shape)
+                labels = None
+                if self.label_dim:
+                    labels = torch.nn.functional.one_hot(noise.randint(0, self.label_dim), self.label_dim).float()
+                x_gen = None
+                if phase.needs_generated or use_el:
+                    with torch.set_grad_enabled(gen_phase):
+                        x_gen = one_step(self.generator, z, self.distiller.sigma_init, labels)
+                real = real_labels = None
+                if phase.needs_real or use_el:
+                    real, real_labels = real_batch(self.ds, noise.randint(0, len(self.ds)), self.label_dim, self.device)
+                per_sample, terms = self.distiller.loss(
+                    phase.name, x_gen, labels, real, real_labels, noise, self.images_seen
+                )
+                loss = per_sample.sum() / self.batch_local
+                if use_el:
+                    el_value, per_embedder = self.el(x_gen, real)
+                    loss = loss + cell.el.weight * el_value * (n / self.batch_local)
+                    sums["el"] += el_value.detach() * n
+                    for name, v in zip(self.el_names, per_embedder.detach()):
+                        sums[f"el/{name}"] += v * n
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            sums[f"loss/{phase.name}"] += per_sample.detach().float().sum()
+            for key, v in terms.items():
+                sums[f"loss/{phase.name}/{key}"] += v.detach().float().sum()
+        self._record(sums, logs)
+        self._step(phase, params, logs)
+
+    def _record(self, sums: dict[str, torch.Tensor], logs: dict[str, float]) -> None:
+        """Means over the global batch (summed over processes) into the iteration's log."""
+        keys = sorted(sums)
+        values = dist.sum_over_processes(torch.stack([sums[k].float() for k in keys]), self.world) / self.cell.batch
+        for k, v in zip(keys, values.tolist()):
+            logs[k] = v
+
+    def _step(self, phase: Phase, params: list[torch.nn.Parameter], logs: dict[str, float]) -> None:
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        dist.average_gradients(params, self.world)
+        if self.scaler:
+            for name in phase.nets:
+                self.scaler.unscale_(self.optimizers[name])
+        finite = all(bool(torch.isfinite(p.grad).all()) for p in params)
+        finite = finite and math.isfinite(logs.get(f"loss/{phase.name}", 0.0))
+        finite = not dist.any_process(not finite, self.device, self.world)
+        for name in phase.nets:
+            grads = [p.grad for p in self.nets[name].parameters()]
+            logs[f"grad_norm/{name}"] = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+        if not finite:
+            self.nonfinite += 1
+            logs[f"skipped/{phase.name}"] = 1.0
+            for name in phase.nets:
+                self.optimizers[name].zero_grad(set_to_none=True)
+            if self.scaler:
+                self.scaler.update()
+            if self.nonfinite > self.cell.max_nonfinite_steps:
+                raise NonFiniteError(
+                    f"train: {self.nonfinite} steps had non-finite losses or gradients (last: the {phase.name} "
+                    f"step at iteration {self.iterations}, {self.images_seen} images), more than "
+                    f"max_nonfinite_steps = {self.cell.max_nonfinite_steps}; lower lr/glr or check the teacher"
+                )
+            return
+        if phase.clip_value is not None:
+            torch.nn.utils.clip_grad_value_(params, phase.clip_value)
+        if phase.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, phase.clip_norm)
+        if phase.step:
+            for name in phase.nets:
+                if self.scaler:
+                    self.scaler.step(self.optimizers[name])
+                else:
+                    self.optimizers[name].step()
+            self.distiller.after_step(phase.name)
+        if self.scaler:
+            self.scaler.update()
+        for name in phase.nets:
+            self.optimizers[name].zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def update_ema(self) -> float:
+        beta = ema_beta(self.images_seen, self.cell.batch, self.cell.ema_halflife_images)
+        for p_ema, p in zip(self.ema.parameters(), self.generator.parameters()):
+            p_ema.copy_(p.detach().lerp(p_ema, beta))
+        for b_ema, b in zip(self.ema.buffers(), self.generator.buffers()):
+            b_ema.copy_(b)
+        return beta
+
+    def iteration(self) -> dict[str, float]:
+        logs: dict[str, float] = {}
+        for index, phase in enumerate(self.distiller.phases(self.images_seen, self.iterations)):
+            self.run_phase(phase, index, logs)
+        for net in self.nets.values():
+            net.requires_grad_(False)
+        logs["ema_beta"] = self.update_ema()
+        self.images_seen += self.cell.batch
+        self.iterations += 1
+        return logs
+
+    # --- the run -----------------------------------------------------------------------------------------
+    def crossed(self, every: int, before: int) -> bool:
+        return every > 0 and self.images_seen // every > before // every
+
+    def run(self, stop: SignalFlag) -> dict:
+        cell, main = self.cell, self.info.is_main
+        resumed = self.try_resume()
+        if main:
+            atomic_write_json(cell.to_dict(), self.run_dir / "config.json")
+            if not resumed and (self.run_dir / "metrics.jsonl").exists():
+                (self.run_dir / "metrics.jsonl").unlink()  # a stale log from a run whose state was deleted
+        bar = tqdm(
+            total=cell.total_images,
+            initial=self.images_seen,
+            unit="img",
+            desc=f"{cell.distiller}{'+EL' if self.el else ''} {cell.cell_id}",
+            disable=not main,
+        )
+        tick: dict[str, list[float]] = defaultdict(list)
+        tick_start, tick_images, last_state_save = time.time(), self.images_seen, time.time()
+        last = {}
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        while self.images_seen < cell.total_images:
+            before = self.images_seen
+            for k, v in self.iteration().items():
+                tick[k].append(v)
+            bar.update(self.images_seen - before)
+            done = self.images_seen >= cell.total_images
+            if done or cell.log_images == 0 or self.crossed(cell.log_images, before):
+                elapsed = time.time() - tick_start
+                last = {k: sum(v) / len(v) for k, v in tick.items()}
+                last.update(
+                    iteration=self.iterations,
+                    images_seen=self.images_seen,
+                    nonfinite_steps=self.nonfinite,
+                    images_per_s=(self.images_seen - tick_images) / max(elapsed, 1e-9),
+                    sec_per_iter=elapsed / len(tick["ema_beta"]),
+                    time=time.time(),
+                    **memory_mb(self.device),
+                )
+                if main:
+                    append_jsonl(last, self.run_dir / "metrics.jsonl")
+                bar.set_postfix({k: f"{v:.3g}" for k, v in last.items() if k.startswith("loss/") and k.count("/") == 1})
+                tick.clear()
+                tick_start, tick_images = time.time(), self.images_seen
+            snapshot = self.crossed(cell.snapshot_images, before)
+            if snapshot or done:
+                self.save_snapshot()
+            stop_now = dist.any_process(stop.signum is not None, self.device, self.world)
+            if snapshot or done or stop_now or time.time() - last_state_save > STATE_SAVE_SECONDS:
+                self.save_state()
+                last_state_save = time.time()
+            if stop_now and not done:
+                bar.close()
+                raise StopRequested(
+                    f"train: stopped by signal at {self.images_seen} images; state saved in {self.state_dir}"
+                )
+        bar.close()
+        if main:
+            from eldistill.checkpoints import save_network
+
+            if not (self.state_dir / "snapshots" / f"generator-{self.images_seen:010d}.pt").exists():
+                self.save_snapshot()
+            save_network(self.run_dir / "generator.pt", self.ema, meta=self.generator_meta())
+        dist.barrier(self.world)
+        return last
+
+
+def _jsonl_line(record: dict) -> str:
+    import json
+
+    return json.dumps(record, sort_keys=True) + "\n"
+
+
+def train(cell: Cell, device: str | None = None) -> dict:
+    """Run one cell to the end (resuming from its state if any) and return the last log record.
+    Raises StopRequested after saving when SIGTERM/SIGUSR1 arrived, NonFiniteError past the NaN limit."""
+    info = dist.setup(device=device)
+    try:
+        cell.validate(where=f"cell {cell.cell_id}", world_size=info.world_size, check_files=True)
+        for key in ("run_dir", "state_dir"):
+            if not getattr(cell, key):
+                raise ValueError(f"cell {cell.cell_id}: '{key}' must be set to train")
+        with SignalFlag() as stop:
+            trainer = Trainer(cell, info)
+            return trainer.run(stop)
+    finally:
+        dist.shutdown()
+
+
+# --- CLI ---------------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        f"Distil one run cell. Distillers: {', '.join(DISTILLERS)}. Exit 0 = finished, "
+        f"{EXIT_REQUEUE} = stopped by SIGTERM/SIGUSR1 after saving (requeue), 1 = error. "
+        "A rerun resumes from cell.state_dir. Several processes: start with torchrun or srun."
+    )
+    parser.add_argument("--config", required=True, help="the cell JSON (see eldistill.cell.Cell)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda:LOCAL_RANK if any)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cell = Cell.load(args.config)
+        train(cell, device=args.device)
+    except StopRequested as e:
+        print(e, file=sys.stderr)
+        return EXIT_REQUEUE
+    except (ValueError, NonFiniteError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
