@@ -1,0 +1,83 @@
+# Config -> validated grid, paths and the per-cell hardware plan. Everything else in rules/ reads these names.
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+from eldistill.grid import ConfigError, build_grid, merge
+
+DEFAULT_CONFIG = Path(workflow.basedir) / "config" / "config.yaml"
+SCHEMA = Path(workflow.basedir) / "config" / "schemas" / "config.schema.yaml"
+
+# No `configfile:` directive on purpose: a --configfile (paper.yaml, ci.yaml) replaces the embedded default
+# instead of being merged into it, so no experiment of the miniature leaks into the paper's grid.
+if "scale" not in config:
+    config.update(merge(yaml.safe_load(DEFAULT_CONFIG.read_text()), dict(config)))
+
+try:
+    GRID = build_grid(config, SCHEMA)
+except ConfigError as e:  # before any job exists: name the key and stop
+    sys.exit(f"eldistill: {e}")
+
+CFG = GRID.config  # validated, defaults filled
+SCALE = GRID.scale
+RESULTS = f"results/{SCALE}"
+LOGS = f"{RESULTS}/logs"
+CELL_IDS = sorted(GRID.cells)
+TABLES = GRID.tables
+FIGURES = ["convergence", "batch_size", "diversity", "gradvar", "frameworks", "samples"]
+PROTOCOL = CFG["protocol"]
+ON_GPU = CFG["hardware"]["gpus_per_node"] > 0
+
+
+def one_of(names):
+    """A wildcard constraint that accepts exactly these names (and nothing when the list is empty)."""
+    names = sorted(names)
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
+
+
+# What this config's figures need: gradvar only with a gradvar probe, the others with their experiment.
+FIGURES = [
+    f
+    for f in FIGURES
+    if (f == "gradvar" and CFG["gradvar"]) or f == "samples" or f in CFG["experiments"]
+]
+TABLE_FILES = [f"{RESULTS}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md", "tex")]
+TABLE_FILES += [f"{RESULTS}/tables/{t}.csv" for t in ("cells", "claims", "convergence")]
+if CFG["gradvar"]:
+    TABLE_FILES.append(f"{RESULTS}/tables/gradvar.csv")
+FIGURE_FILES = [f"{RESULTS}/figures/{f}.{ext}" for f in FIGURES for ext in ("pdf", "png")]
+
+wildcard_constraints:
+    cell=one_of(CELL_IDS),
+    dataset=one_of(CFG["datasets"]),
+    teacher=one_of(CFG["teachers"]),
+
+
+# --- per-cell lookups (input functions) ----------------------------------------------------------------------
+def cell_of(wildcards):
+    return GRID.cells[wildcards.cell]
+
+
+def plan_of(wildcards):
+    return GRID.plans[wildcards.cell]
+
+
+def cell_inputs(wildcards):
+    """Files a cell's training reads: its teacher, its dataset and (SiD2A) the SiD generator it starts from."""
+    cell = cell_of(wildcards)
+    inputs = {"teacher": cell.teacher, "dataset": cell.dataset}
+    if cell.init_generator:
+        inputs["init"] = cell.init_generator
+    return inputs
+
+
+def reference_of(dataset):
+    return f"{RESULTS}/fid/{dataset}-{PROTOCOL['name']}.npz"
+
+
+def feature_net_of(dataset):
+    if PROTOCOL["name"] == "mini-classifier":
+        return f"{RESULTS}/fid/{dataset}-classifier.pt"
+    return f"{RESULTS}/fid/inception-2015-12-05.pt"

@@ -1,0 +1,124 @@
+# Aggregation, figures, paper diff and the HTML report. All local rules: they are seconds of pandas and
+# matplotlib, and must not queue behind GPU jobs. A figure reads only results/<scale>/tables/, so copying
+# that folder from a cluster and asking for one figure reruns nothing upstream.
+GRID_CSV = f"{RESULTS}/grid.csv"
+TABLE_CELLS = sorted({row["cell_id"] for row in GRID.rows})
+
+
+rule grid:
+    output:
+        GRID_CSV,
+    params:
+        rows=GRID.rows,  # a changed grid rewrites the file (params trigger)
+    log:
+        f"{LOGS}/grid.log",
+    localrule: True
+    run:
+        from eldistill.grid import write_grid_csv
+
+        write_grid_csv(params.rows, output[0])
+
+
+if CFG["gradvar"]:
+
+    rule gradvar:
+        output:
+            f"{RESULTS}/gradvar/gradvar.csv",
+        params:
+            ks=",".join(map(str, CFG["gradvar"]["ks"])),
+            batches=",".join(map(str, CFG["gradvar"]["batches"])),
+            repeats=CFG["gradvar"]["repeats"],
+            resolution=CFG["gradvar"]["resolution"],
+        log:
+            f"{LOGS}/gradvar.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/gradvar.tsv"
+        threads: 1
+        resources:
+            gpu=1 if ON_GPU else 0,
+            tasks_per_gpu=0,
+            runtime=lambda wc, attempt: 60 * attempt,
+        shell:
+            "OMP_NUM_THREADS={threads} eldistill gradvar --out {output} --ks {params.ks} --batches {params.batches}"
+            " --repeats {params.repeats} --resolution {params.resolution} > {log} 2>&1"
+
+
+rule tables:
+    input:
+        grid=GRID_CSV,
+        fid=expand(f"{RESULTS}/runs/{{cell}}/fid.jsonl", cell=TABLE_CELLS),
+        gradvar=[f"{RESULTS}/gradvar/gradvar.csv"] if CFG["gradvar"] else [],
+    output:
+        [report(path, category="Tables") for path in TABLE_FILES if path.endswith(".csv")],
+        [path for path in TABLE_FILES if not path.endswith(".csv")],
+        samples=directory(f"{RESULTS}/tables/samples"),
+    params:
+        runs=f"{RESULTS}/runs",
+        benchmarks=f"{RESULTS}/benchmarks/distill",
+        gradvar=lambda wc, input: f"--gradvar {input.gradvar}" if input.gradvar else "",
+        out=f"{RESULTS}/tables",
+    log:
+        f"{LOGS}/tables.log",
+    localrule: True
+    shell:
+        "eldistill tables --grid {input.grid} --runs {params.runs} --benchmarks {params.benchmarks}"
+        " {params.gradvar} --out {params.out} > {log} 2>&1"
+
+
+rule figure:
+    input:
+        TABLE_FILES,
+        f"{RESULTS}/tables/samples",
+    output:
+        pdf=f"{RESULTS}/figures/{{figure}}.pdf",
+        png=report(f"{RESULTS}/figures/{{figure}}.png", category="Figures", caption="report/figure.rst"),
+    wildcard_constraints:
+        figure=one_of(FIGURES),
+    params:
+        tables=f"{RESULTS}/tables",
+        out=f"{RESULTS}/figures",
+    log:
+        f"{LOGS}/figures/{{figure}}.log",
+    localrule: True
+    shell:
+        "eldistill figures --tables {params.tables} --figure {wildcards.figure} --out {params.out} > {log} 2>&1"
+
+
+rule diff:
+    input:
+        TABLE_FILES,
+        reported=CFG["reported"],
+        tolerances=CFG["tolerances"],
+    output:
+        csv=report(f"{RESULTS}/diff/diff.csv", category="Paper diff", caption="report/diff.rst"),
+        md=f"{RESULTS}/diff/diff.md",
+    params:
+        tables=f"{RESULTS}/tables",
+        out=f"{RESULTS}/diff",
+    log:
+        f"{LOGS}/diff.log",
+    localrule: True
+    shell:
+        "eldistill diff --reported {input.reported} --tables {params.tables} --tolerances {input.tolerances}"
+        " --out {params.out} > {log} 2>&1"
+
+
+# One named target per table and per figure: `snakemake table_frameworks`, `snakemake figure_batch_size`.
+for _table in TABLES:
+
+    rule:
+        name:
+            f"table_{_table}"
+        input:
+            [f"{RESULTS}/tables/{_table}.{ext}" for ext in ("csv", "md", "tex")],
+        localrule: True
+
+
+for _figure in FIGURES:
+
+    rule:
+        name:
+            f"figure_{_figure}"
+        input:
+            [f"{RESULTS}/figures/{_figure}.{ext}" for ext in ("pdf", "png")],
+        localrule: True
