@@ -112,3 +112,16 @@ def read_csv(path: str | Path, required: tuple[str, ...] = (), what: str = "tabl
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
     return df
+
+
+def protocol_short(protocols) -> str:
+    """A figure title's protocol line."""
+    names = sorted({str(p) for p in protocols if not is_missing(p)})
+    if not names:
+        return "FID protocol: none recorded"
+    text = "FID protocol: " + ", ".join(names)
+    if MINI_PROTOCOL in names:
+        return text + " (miniature; NOT comparable with the paper)"
+    if any(n != PAPER_PROTOCOL for n in names):
+        return text + " (NOT the paper's protocol)"
+    return text + " (the paper's protocol)"

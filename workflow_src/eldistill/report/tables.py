@@ -305,24 +305,37 @@ def diversity_gain(cells: pd.DataFrame) -> dict | None:
 
 
 # --- writing ------------------------------------------------------------------------------------------
+def _display(df: pd.DataFrame) -> pd.DataFrame:
+    """The columns shown in Markdown/LaTeX, as text: counts as integers, FIDs with 3 decimals, '' if missing."""
+    shown = df[list(DISPLAY_COLUMNS)].copy()
+    formats = {"fid": "{:.3f}", "fid_best_snapshot": "{:.3f}", "gpu_seconds": "{:.0f}"}
+    for col in ("resolution", "batch", "n_archs", "inits_per_arch", "images_seen", "num_samples"):
+        formats[col] = "{:.0f}"
+    for col, fmt in formats.items():
+        shown[col] = [fmt.format(float(v)) if not is_missing(v) and not pd.isna(v) else "" for v in shown[col]]
+    return shown.astype(object).where(shown.notna(), "")
+
+
 def _markdown(name: str, df: pd.DataFrame) -> str:
-    protocols = df[list(PROTOCOL_COLUMNS)].drop_duplicates()
+    protocols = df.loc[df["feature_net"].notna(), list(PROTOCOL_COLUMNS)].drop_duplicates()
     lines = [f"# Table `{name}`", "", protocol_note(df["protocol"]), ""]
     for _, p in protocols.iterrows():
-        lines.append("- protocol: " + ", ".join(f"{c} = {p[c]}" for c in PROTOCOL_COLUMNS))
+        samples = "" if pd.isna(p["num_samples"]) else f"{float(p['num_samples']):.0f}"
+        lines.append(
+            f"- protocol = {p['protocol']}, feature_net = {p['feature_net']}, num_samples = {samples}, "
+            f"reference = {p['reference']}, aggregation = {p['aggregation']}"
+        )
     ok = int((df["status"] == "ok").sum())
     lines += ["", f"{len(df)} cells, {ok} with a final FID (status `ok`).", ""]
-    lines.append(df[list(DISPLAY_COLUMNS)].to_markdown(index=False, floatfmt=".4g"))
+    lines.append(_display(df).to_markdown(index=False, disable_numparse=True))
     return "\n".join(lines) + "\n"
 
 
 def _latex(name: str, df: pd.DataFrame) -> str:
-    shown = df[list(DISPLAY_COLUMNS)].rename(columns=lambda c: c.replace("_", " "))
+    shown = _display(df).rename(columns=lambda c: c.replace("_", " "))
     return shown.to_latex(
         index=False,
         escape=True,
-        na_rep="--",
-        float_format="%.4g",
         caption=f"{name}. {protocol_note(df['protocol'])}",
         label=f"tab:{name}",
         longtable=len(df) > 40,

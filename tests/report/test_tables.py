@@ -1,0 +1,176 @@
+"""`eldistill tables` on the hand-made world of conftest.py: every expected number is worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from eldistill.cli import main
+from eldistill.report.common import cell_key, dataset_tag
+from eldistill.report.tables import make_tables, read_grid, tidy_gradvar
+
+MINI = "mini-classifier"
+PAPER = "fid50k-tf-inception"
+
+# cell_id -> fid, fid_best_snapshot, images_seen, iterations, wall_seconds, gpu_seconds, key, status, protocol
+EXPECTED = {
+    "sid2a-el": (1.9, 2.0, 400, 100, 105.0, 420.0, "cifar10-uncond/sid2a/el/bs256", "ok", MINI),
+    "sid2a-noel": (3.1, 3.0, 400, 100, math.nan, math.nan, "cifar10-uncond/sid2a/noel/bs256", "ok", MINI),
+    "div-4x4": (9.0, math.nan, 200, 50, 30.0, 30.0, "cifar10-uncond/sid2a/el/bs64", "ok", MINI),
+    "div-1x4": (10.0, math.nan, 200, 50, math.nan, math.nan, "cifar10-uncond/sid2a/el/bs64/emb1x4", "ok", MINI),
+    "div-1x1": (12.0, math.nan, 200, 50, math.nan, math.nan, "cifar10-uncond/sid2a/el/bs64/emb1x1", "ok", MINI),
+    "missing": (math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, "ffhq16/dmd/el/bs32/aux-gan", "not_run", MINI),
+    "snaps-only": (math.nan, 5.5, 120, 4, math.nan, math.nan, "ffhq16/dmd/noel/bs32", "no_final", MINI),
+    "wrongproto": (2.5, math.nan, 120, 30, 50.0, 100.0, "imagenet512-xs/sid/el/bs2048", "protocol_mismatch", PAPER),
+}
+COLUMNS = ("fid", "fid_best_snapshot", "images_seen", "iterations", "wall_seconds", "gpu_seconds", "key", "status")
+
+
+def same(a, b) -> bool:
+    if isinstance(b, float) and math.isnan(b):
+        return isinstance(a, float) and math.isnan(a)
+    return a == pytest.approx(b) if isinstance(b, float | int) else a == b
+
+
+@pytest.fixture
+def tables(world, tmp_path):
+    out = tmp_path / "tables"
+    code = main(
+        ["tables", "--grid", str(world["grid"]), "--runs", str(world["runs"]), "--benchmarks",
+         str(world["benchmarks"]), "--gradvar", str(world["gradvar"]), "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    return out
+
+
+def test_one_table_per_grid_table_with_every_row(tables):
+    for name, cells in (("main", 2), ("curves", 2), ("ablation", 3), ("frameworks", 3)):
+        for ext in ("csv", "md", "tex"):
+            assert (tables / f"{name}.{ext}").stat().st_size > 0
+        assert len(pd.read_csv(tables / f"{name}.csv")) == cells
+    assert len(pd.read_csv(tables / "cells.csv")) == 10
+
+
+def test_every_cell_gets_the_hand_computed_numbers(tables):
+    cells = pd.read_csv(tables / "cells.csv", keep_default_na=True)
+    for _, row in cells.iterrows():
+        expected = dict(zip(COLUMNS, EXPECTED[row["cell_id"]]))
+        for col, value in expected.items():
+            assert same(row[col], value), (row["cell_id"], col, row[col], value)
+        assert row["protocol"] == EXPECTED[row["cell_id"]][-1]
+
+
+def test_protocol_columns_travel_with_every_row(tables):
+    main_table = pd.read_csv(tables / "main.csv")
+    assert list(main_table["feature_net"]) == ["classifier-abc"] * 2
+    assert list(main_table["num_samples"]) == [500, 500]
+    assert list(main_table["reference"]) == ["ref-mini.npz"] * 2
+    assert list(main_table["aggregation"]) == ["final"] * 2
+    frameworks = pd.read_csv(tables / "frameworks.csv").set_index("cell_id")
+    assert frameworks.loc["missing", "protocol"] == MINI  # the planned protocol of a cell never run
+    assert frameworks.loc["wrongproto", "feature_net"] == "inception-2015-12-05"
+
+
+def test_miniature_markdown_says_not_comparable(tables):
+    text = (tables / "main.md").read_text()
+    header = text.split("|", 1)[0]
+    assert "miniature protocol" in header and "NOT comparable" in header
+    assert "2 cells, 2 with a final FID" in header
+    assert "NOT comparable" in (tables / "main.tex").read_text()
+
+
+def test_shared_cell_appears_in_both_experiments_with_one_number(tables):
+    cells = pd.read_csv(tables / "cells.csv")
+    shared = cells[cells["cell_id"] == "sid2a-el"]
+    assert sorted(shared["experiment"]) == ["convergence", "main"]
+    assert list(shared["fid"]) == [1.9, 1.9]
+
+
+def test_convergence_has_every_record_and_skips_torn_lines(tables):
+    conv = pd.read_csv(tables / "convergence.csv")
+    # per grid row: 5 records for each of the two sid2a cells (x2 experiments), 1 per diversity cell,
+    # 2 snapshots for snaps-only, 1 for wrongproto, none for the cell never run
+    assert len(conv) == 10 + 10 + 3 + 2 + 1
+    curve = conv[(conv["cell_id"] == "sid2a-noel") & (conv["experiment"] == "convergence")]
+    assert list(curve["images_seen"]) == [100, 200, 300, 400, 400]
+    assert list(curve["kind"]) == ["snapshot"] * 4 + ["final"]
+    assert list(curve["fid"]) == [10.0, 6.0, 4.0, 3.0, 3.1]
+    assert set(conv["protocol"]) == {MINI, PAPER}
+
+
+def test_claims_are_computed_by_hand(tables):
+    claims = pd.read_csv(tables / "claims.csv").set_index("key")
+    # EL-off ends at FID 3.0 after 400 images; EL-on first reaches <= 3.0 at 300 images: 25 % fewer
+    assert claims.loc["claim/iterations", "value"] == pytest.approx(25.0)
+    assert claims.loc["claim/iterations", "metric"] == "max_iteration_reduction_pct"
+    # 4x4 ensemble FID 9 against one architecture with 4 inits FID 10: 10 % lower
+    assert claims.loc["claim/diversity", "value"] == pytest.approx(10.0)
+    assert set(claims["protocol"]) == {MINI}
+
+
+def test_samples_are_copied_byte_for_byte(tables, world):
+    for cell_id in ("sid2a-el", "div-1x1"):
+        copied = tables / "samples" / f"{cell_id}.png"
+        assert copied.read_bytes() == (world["runs"] / cell_id / "samples.png").read_bytes()
+    cells = pd.read_csv(tables / "cells.csv").drop_duplicates("cell_id").set_index("cell_id")
+    assert cells.loc["sid2a-el", "samples"] == "samples/sid2a-el.png"
+    assert pd.isna(cells.loc["sid2a-noel", "samples"])
+
+
+def test_gradvar_is_tidied(tables):
+    gradvar = pd.read_csv(tables / "gradvar.csv")
+    assert list(gradvar.columns[:3]) == ["K", "batch", "variance"]
+    assert list(gradvar["K"]) == [1, 1, 2, 2, 4, 4, 8, 8]
+    row = gradvar[(gradvar["K"] == 4) & (gradvar["batch"] == 64)]
+    assert float(row["variance"].iloc[0]) == pytest.approx(3.0 / 256)
+
+
+def test_no_results_at_all_gives_nan_rows_not_a_crash(world, tmp_path):
+    cells = make_tables(world["grid"], tmp_path / "no-runs", tmp_path / "t")
+    assert set(cells["status"]) == {"not_run"}
+    assert cells["fid"].isna().all()
+    assert pd.read_csv(tmp_path / "t" / "claims.csv").empty
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.replace(",aux_loss,", ",auxloss,"), "missing column(s) aux_loss"),
+        (lambda t: t.replace(",false,sid2a,true,", ",maybe,sid2a,true,", 1), "column 'conditional', row 2"),
+        (lambda t: t.replace("mini,cifar10,16,", "mini,cifar10,sixteen,", 1), "column 'resolution', row 2"),
+        (lambda t: t.replace("main,main,", "main,cells,", 1), "column 'table', row 2"),
+    ],
+)
+def test_bad_grid_names_the_column(world, edit, message):
+    world["grid"].write_text(edit(world["grid"].read_text()))
+    with pytest.raises(ValueError, match="GRID.csv") as err:
+        read_grid(world["grid"])
+    assert message in str(err.value)
+
+
+def test_gradvar_without_variance_names_the_file(tmp_path):
+    path = tmp_path / "gv.csv"
+    path.write_text("K,batch,other\n1,2,3\n")
+    with pytest.raises(ValueError, match="gv.csv: missing gradvar column"):
+        tidy_gradvar(path)
+
+
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        (("cifar10", 32, True, "sid2a", True, 256, 4, 4, "none"), "cifar10-cond/sid2a/el/bs256"),
+        (("afhqv2", 64, False, "sid", False, 512, None, None, None), "afhqv2-64/sid/noel/bs512"),
+        (("ffhq", 64, False, "sid2a", True, None, 2, 4, "el"), "ffhq64/sid2a/el/emb2x4"),
+        (("imagenet", 64, True, "dmd", False, 280, 1, 1, "regression"), "imagenet64/dmd/noel/bs280/aux-regression"),
+    ],
+)
+def test_key_format(args, key):
+    assert cell_key(*args) == key
+
+
+def test_dataset_tag_reads_the_edm2_size_from_the_teacher():
+    assert dataset_tag("imagenet", 512, True, "edm2-img512-xxl-0939524-0.015") == "imagenet512-xxl"
+    assert dataset_tag("imagenet", 512, True, "edm2-img512-s-2147483-0.130") == "imagenet512-s"
+    assert dataset_tag("imagenet", 512, True, "teachers/mine") == "imagenet512"
