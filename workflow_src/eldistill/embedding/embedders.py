@@ -115,12 +115,12 @@ class AttentionBlock(nn.Module):
 
 
 class AttentionEmbedder(nn.Module):
-    """Attention network: patch embedding (patch S/8 -> 8x8 tokens) + random position embedding +
+    """Attention network: patch embedding (patch S/4 -> 4x4 tokens) + random position embedding +
     two self-attention blocks; features = the mean token and the token grid pooled to 2x2."""
 
     def __init__(self, in_channels: int, dim: int = 64, heads: int = 4, working_size: int = 32):
         super().__init__()
-        self.patch = max(1, working_size // 8)
+        self.patch = max(1, working_size // 4)
         self.embed = nn.Conv2d(in_channels, dim, self.patch, stride=self.patch)
         grid = working_size // self.patch
         self.pos = nn.Parameter(torch.empty(1, grid * grid, dim))
