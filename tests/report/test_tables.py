@@ -15,13 +15,14 @@ MINI = "mini-classifier"
 PAPER = "fid50k-tf-inception"
 
 # cell_id -> fid, fid_best_snapshot, images_seen, iterations, wall_seconds, gpu_seconds, key, status, protocol
+NAN = math.nan
 EXPECTED = {
     "sid2a-el": (1.9, 2.0, 400, 100, 105.0, 420.0, "cifar10-uncond/sid2a/el/bs256", "ok", MINI),
     "sid2a-noel": (3.1, 3.0, 400, 100, math.nan, math.nan, "cifar10-uncond/sid2a/noel/bs256", "ok", MINI),
     "div-4x4": (9.0, math.nan, 200, 50, 30.0, 30.0, "cifar10-uncond/sid2a/el/bs64", "ok", MINI),
     "div-1x4": (10.0, math.nan, 200, 50, math.nan, math.nan, "cifar10-uncond/sid2a/el/bs64/emb1x4", "ok", MINI),
     "div-1x1": (12.0, math.nan, 200, 50, math.nan, math.nan, "cifar10-uncond/sid2a/el/bs64/emb1x1", "ok", MINI),
-    "missing": (math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, "ffhq16/dmd/el/bs32/aux-gan", "not_run", MINI),
+    "missing": (NAN, NAN, NAN, NAN, NAN, NAN, "ffhq16/dmd/el/bs32/aux-gan", "not_run", MINI),
     "snaps-only": (math.nan, 5.5, 120, 4, math.nan, math.nan, "ffhq16/dmd/noel/bs32", "no_final", MINI),
     "wrongproto": (2.5, math.nan, 120, 30, 50.0, 100.0, "imagenet512-xs/sid/el/bs2048", "protocol_mismatch", PAPER),
 }

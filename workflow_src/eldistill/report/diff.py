@@ -6,6 +6,9 @@ columns (dataset, resolution, conditional, teacher, distiller, el, batch_size); 
 key. A reported row without batch_size matches our rows of any batch. When several of our cells match,
 the one under the paper's protocol with the lowest FID is compared (the paper reports its best run) and
 the `note` says how many there were. Our rows that no reported row compares with are MISSING_PAPER.
+A reported FID row with no key match is shown against its analogue under another protocol when there is
+one (the miniature's cell of the same distiller, EL and conditioning, full ensemble, no auxiliary loss):
+NOT_COMPARABLE, so a miniature run lists each paper number next to the number that stands for it.
 
 Statuses, in the order they are decided:
     MISSING_OURS    no row of ours, or ours has no number (the cell's status says why)
@@ -156,14 +159,35 @@ def our_rows(tables_dir: str | Path) -> pd.DataFrame:
             "cell_id": cells.index,
             "table": cells["table"],
             "our_status": cells["status"],
+            "distiller": cells.get("distiller"),
+            "el": cells.get("el"),
+            "conditional": cells.get("conditional"),
         }
     ).reset_index(drop=True)
     claims_path = tables_dir / "claims.csv"
     if claims_path.is_file():
         claims = read_csv(claims_path, ("key", "metric", "value", "protocol"), "claims table")
-        claims = claims.assign(cell_id="", table="claims", our_status="ok")[list(ours.columns)]
+        claims = claims.assign(cell_id="", table="claims", our_status="ok")
+        claims = claims.reindex(columns=ours.columns)
         ours = pd.concat([ours, claims], ignore_index=True) if len(claims) else ours
     return ours
+
+
+def _analogues(ours: pd.DataFrame, paper_row: pd.Series) -> pd.DataFrame:
+    """Our rows measured under another protocol (the miniature) that stand for a paper row: same metric,
+    distiller, EL and conditioning, the full ensemble and no auxiliary loss (no key qualifier)."""
+    if paper_row["key"].startswith("claim/") or not ours["protocol"].ne(paper_row["protocol"]).any():
+        return ours.iloc[:0]
+    conditional = parse_bool(paper_row["conditional"] or "false", f"reported row {paper_row['key']}: conditional")
+    same = (
+        (ours["metric"] == paper_row["metric"])
+        & (ours["protocol"] != paper_row["protocol"])
+        & (ours["distiller"].astype(str) == paper_row["distiller"])
+        & (ours["el"].map(lambda v: str(v).lower()) == str(parse_bool(paper_row["el"], "el")).lower())
+        & (ours["conditional"].map(lambda v: str(v).lower()) == str(conditional).lower())
+        & ours["key"].map(lambda k: "/emb" not in str(k) and "/aux-" not in str(k))
+    )
+    return ours[same]
 
 
 def _candidates(ours: pd.DataFrame, paper_row: pd.Series) -> pd.DataFrame:
@@ -190,10 +214,13 @@ def make_diff(
         row.update(paper=float(p["value"]) if p["value"].strip() else math.nan, paper_protocol=p["protocol"])
         row.update(source=p["source"], note="")
         cands = _candidates(ours, p)
+        analogue = cands.empty and not (cands := _analogues(ours, p)).empty
         numbered = cands[cands["value"].notna()]
         if numbered.empty:
             row["status"] = "MISSING_OURS"
-            if len(cands):
+            if len(cands):  # our cell exists but has no number: this row accounts for it
+                compared.update(cands.index)
+                row.update(key=cands["key"].iloc[0], cell_id=";".join(map(str, cands["cell_id"])))
                 row["note"] = "our cell has no number: status " + ",".join(map(str, cands["our_status"].unique()))
             rows.append(row)
             continue
@@ -207,6 +234,8 @@ def make_diff(
         row["delta"] = row["ours"] - row["paper"]
         if len(numbered) > 1:
             row["note"] = f"best of {len(numbered)} of our rows: {', '.join(map(str, numbered['key']))}"
+        if analogue:
+            row["note"] = f"no cell of ours for this key; analogue under another protocol. {row['note']}"
         if best["protocol"] != wanted:
             row["status"] = "NOT_COMPARABLE"
             row["note"] = f"protocol {best['protocol']} is not the paper's {wanted}. " + row["note"]
