@@ -74,7 +74,10 @@ def cell_inputs(wildcards):
 
 
 def reference_of(dataset):
-    return f"{RESULTS}/fid/{dataset}-{PROTOCOL['name']}.npz"
+    """Reference statistics: ours (.npz) for the miniature, the published file (.npz, EDM2's .pkl) otherwise."""
+    url = PROTOCOL["references"].get(dataset, "")
+    ext = ".pkl" if url.endswith(".pkl") else ".npz"
+    return f"{RESULTS}/fid/{dataset}-{PROTOCOL['name']}{ext}"
 
 
 def feature_net_of(dataset):

@@ -37,11 +37,13 @@ else:
 
     rule download_reference:
         output:
-            f"{RESULTS}/fid/{{dataset}}-{PROTOCOL['name']}.npz",
+            f"{RESULTS}/fid/{{dataset}}-{PROTOCOL['name']}{{ext}}",
+        wildcard_constraints:
+            ext=r"\.npz|\.pkl",
         params:
             url=lambda wc: PROTOCOL["references"][wc.dataset],
         log:
-            f"{LOGS}/download/reference-{{dataset}}.log",
+            f"{LOGS}/download/reference-{{dataset}}{{ext}}.log",
         localrule: True
         retries: 2
         shell:
