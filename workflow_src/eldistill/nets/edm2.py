@@ -174,7 +174,7 @@ class UNet(torch.nn.Module):
         self.emb_label = MPConv(label_dim, cemb, kernel=[]) if label_dim else None
 
         def block(cin, cout, **kwargs):
-            return Block(cin, cout, cemb, **kwargs)
+            return Block(cin, cout, cemb, **kwargs, **block_kwargs)
 
         self.enc = torch.nn.ModuleDict()
         cout = img_channels + 1
