@@ -37,6 +37,26 @@ def normalize_features(f_gen: torch.Tensor, f_real: torch.Tensor, mode: str) -> 
     raise ValueError(f"feature_norm is {mode!r}; choose one of {', '.join(FEATURE_NORMS)}")
 
 
+def embedder_mmd2(
+    embedder: nn.Module,
+    x_gen: torch.Tensor,
+    x_real: torch.Tensor,
+    bandwidths: Sequence[float],
+    bandwidth_mode: str = "median",
+    estimator: str = "unbiased",
+    feature_norm: str = "none",
+) -> torch.Tensor:
+    """MMD^2(psi(x_gen), psi(x_real)) for one embedder psi; the real features carry no gradient."""
+    f_gen = embedder(x_gen)
+    with torch.no_grad():
+        f_real = embedder(x_real)
+    f_gen, f_real = normalize_features(f_gen, f_real, feature_norm)
+    bw = torch.tensor(bandwidths, dtype=f_gen.dtype, device=f_gen.device)
+    if bandwidth_mode == "median":
+        bw = bw * median_distance(f_gen, f_real)
+    return mmd2_unchecked(f_gen, f_real, bw, estimator)
+
+
 class EmbeddingLoss(nn.Module):
     """EL over an ensemble of len(archs) x inits_per_arch embedders; embedder (family, i) is built from seed + i.
 
@@ -121,6 +141,12 @@ class EmbeddingLoss(nn.Module):
             raise ValueError(f"{name} has batch {x.shape[0]}; the unbiased estimator needs at least 2 images")
         check_finite(x, name)
 
+    def embedder_mmd2(self, embedder: nn.Module, x_gen: torch.Tensor, x_real: torch.Tensor) -> torch.Tensor:
+        """MMD^2 in one embedder's features with this loss's settings (inputs already checked and cast)."""
+        return embedder_mmd2(
+            embedder, x_gen, x_real, self.bandwidths, self.bandwidth_mode, self.estimator, self.feature_norm
+        )
+
     def forward(self, x_gen: torch.Tensor, x_real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_images(x_gen, "x_gen")
         self._check_images(x_real, "x_real")
@@ -129,13 +155,6 @@ class EmbeddingLoss(nn.Module):
         with torch.autocast(device_type=x_gen.device.type, enabled=False):
             x_gen, x_real = x_gen.to(dtype), x_real.detach().to(dtype)
             for embedder in self.embedders:
-                f_gen = embedder(x_gen)
-                with torch.no_grad():
-                    f_real = embedder(x_real)
-                f_gen, f_real = normalize_features(f_gen, f_real, self.feature_norm)
-                bw = torch.tensor(self.bandwidths, dtype=dtype, device=f_gen.device)
-                if self.bandwidth_mode == "median":
-                    bw = bw * median_distance(f_gen, f_real)
-                values.append(mmd2_unchecked(f_gen, f_real, bw, self.estimator))
+                values.append(self.embedder_mmd2(embedder, x_gen, x_real))
         per_embedder = torch.stack(values)
         return per_embedder.mean(), per_embedder
