@@ -135,15 +135,15 @@ def evaluate_run(
 
     log_path = run_dir / "fid.jsonl"
     base = {"protocol": proto.name, "feature_net": fnet.id, "num_samples": num_samples, "reference": ref.ref_id}
-    done = {}  # (checkpoint digest, seeds) -> record, from earlier calls with the same protocol settings
+    done = {}  # (checkpoint, its digest, seeds) -> record, from earlier calls with the same protocol settings
     if log_path.is_file():
         for rec in read_jsonl(log_path):
             if rec.get("kind") == "snapshot" and all(rec.get(k) == v for k, v in base.items()):
-                done[(rec.get("checkpoint_digest"), rec.get("seeds"))] = rec
+                done[(rec.get("checkpoint"), rec.get("checkpoint_digest"), rec.get("seeds"))] = rec
 
     def evaluate(path: Path, seeds: range) -> dict:
         digest = file_digest(path, 16)
-        key = (digest, seed_string(seeds))
+        key = (str(path), digest, seed_string(seeds))
         if key in done:
             return done[key]
         net, meta = load_generator(path, device)

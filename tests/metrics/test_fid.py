@@ -1,0 +1,88 @@
+"""frechet_distance against independent float64 computations and closed forms; streaming statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from eldistill.metrics import FeatureStats, frechet_distance
+
+
+def scipy_fid(mu1, s1, mu2, s2):
+    """The textbook formula with scipy's matrix square root of the product (float64)."""
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean).real)
+
+
+def eig_fid(mu1, s1, mu2, s2):
+    """Tr((S1 S2)^(1/2)) as the sum of square roots of the (real, non-negative) eigenvalues of S1 S2."""
+    eig = np.linalg.eigvals(s1 @ s2).real.clip(0, None)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(eig).sum())
+
+
+def gaussian_stats(rng, n, d, shift=0.0):
+    x = rng.standard_normal((n, d)) @ rng.standard_normal((d, d)) * 0.5 + shift
+    return x.mean(0), np.cov(x, rowvar=False)
+
+
+def test_matches_scipy_full_rank():
+    rng = np.random.default_rng(0)
+    mu1, s1 = gaussian_stats(rng, 500, 16)
+    mu2, s2 = gaussian_stats(rng, 500, 16, shift=0.3)
+    expected = scipy_fid(mu1, s1, mu2, s2)
+    assert expected > 1
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
+
+
+def test_matches_eigen_reference_rank_deficient():
+    # 20 samples in 64 dimensions: both covariances have rank 19
+    rng = np.random.default_rng(1)
+    mu1, s1 = gaussian_stats(rng, 20, 64)
+    mu2, s2 = gaussian_stats(rng, 20, 64, shift=0.1)
+    assert np.linalg.matrix_rank(s1) == 19
+    ours = frechet_distance(mu1, s1, mu2, s2)
+    assert ours == pytest.approx(eig_fid(mu1, s1, mu2, s2), rel=1e-7)
+    assert ours == pytest.approx(scipy_fid(mu1, s1, mu2, s2), rel=1e-5)
+
+
+def test_closed_forms():
+    # 1-D: (m1 - m2)^2 + (sd1 - sd2)^2
+    assert frechet_distance([1.0], [[4.0]], [3.0], [[9.0]]) == pytest.approx(4.0 + 1.0, abs=1e-12)
+    # diagonal covariances: sum of (sqrt(a) - sqrt(b))^2, one of them singular
+    a, b = np.array([1.0, 4.0, 0.0]), np.array([9.0, 1.0, 2.0])
+    mu = np.zeros(3)
+    expected = ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert frechet_distance(mu, np.diag(a), mu, np.diag(b)) == pytest.approx(expected, abs=1e-12)
+
+
+def test_identical_is_zero_and_symmetric():
+    rng = np.random.default_rng(2)
+    mu1, s1 = gaussian_stats(rng, 30, 40)  # rank deficient
+    mu2, s2 = gaussian_stats(rng, 300, 40)
+    assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-9)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(frechet_distance(mu2, s2, mu1, s1), rel=1e-9)
+
+
+def test_bad_input_raises():
+    with pytest.raises(ValueError, match="sigma1"):
+        frechet_distance(np.zeros(3), np.eye(2), np.zeros(3), np.eye(3))
+    with pytest.raises(ValueError, match="mu1"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(3))
+    with pytest.raises(ValueError, match="NaN"):
+        frechet_distance(np.array([np.nan, 0.0]), np.eye(2), np.zeros(2), np.eye(2))
+
+
+def test_feature_stats_match_numpy_in_uneven_batches():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1001, 12)).astype(np.float32) * 3 + 100  # large mean: the merge must stay exact
+    stats = FeatureStats(12)
+    for start, stop in ((0, 1), (1, 400), (400, 401), (401, 1001)):
+        stats.update(x[start:stop])
+    mu, sigma = stats.mu_sigma()
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(mu, x64.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(x64, rowvar=False), rtol=1e-9, atol=1e-9)
+    assert stats.count == 1001
+    with pytest.raises(ValueError, match=r"\(N, 12\)"):
+        stats.update(np.zeros((3, 5)))
