@@ -32,6 +32,10 @@ GRID_LINES = [
     grid_line("main", "main", "sid2a-noel", "cifar10", 16, "sid2a", False, 256, "", "", "none", 400, MINI, ""),
     grid_line("convergence", "curves", "sid2a-el", "cifar10", 16, "sid2a", True, 256, 4, 4, "none", 400, MINI, 4),
     grid_line("convergence", "curves", "sid2a-noel", "cifar10", 16, "sid2a", False, 256, "", "", "none", 400, MINI, ""),
+    grid_line("batch_size", "batch", "sid2a-el", "cifar10", 16, "sid2a", True, 256, 4, 4, "none", 400, MINI, 4),
+    grid_line("batch_size", "batch", "sid2a-noel", "cifar10", 16, "sid2a", False, 256, "", "", "none", 400, MINI, ""),
+    grid_line("batch_size", "batch", "bs16-el", "cifar10", 16, "sid2a", True, 16, 4, 4, "none", 400, MINI, ""),
+    grid_line("batch_size", "batch", "bs16-noel", "cifar10", 16, "sid2a", False, 16, "", "", "none", 400, MINI, ""),
     grid_line("diversity", "ablation", "div-4x4", "cifar10", 16, "sid2a", True, 64, 4, 4, "none", 200, MINI, ""),
     grid_line("diversity", "ablation", "div-1x4", "cifar10", 16, "sid2a", True, 64, 1, 4, "none", 200, MINI, ""),
     grid_line("diversity", "ablation", "div-1x1", "cifar10", 16, "sid2a", True, 64, 1, 1, "none", 200, MINI, ""),
@@ -44,6 +48,8 @@ GRID_LINES = [
 RECORDS = {
     "sid2a-el": ([(100, 8.0), (200, 4.0), (300, 2.9), (400, 2.0)], (400, 1.9), MINI),
     "sid2a-noel": ([(100, 10.0), (200, 6.0), (300, 4.0), (400, 3.0)], (400, 3.1), MINI),
+    "bs16-el": ([], (400, 5.0), MINI),
+    "bs16-noel": ([], (400, 40.0), MINI),
     "div-4x4": ([], (200, 9.0), MINI),
     "div-1x4": ([], (200, 10.0), MINI),
     "div-1x1": ([], (200, 12.0), MINI),
@@ -72,7 +78,7 @@ def record(cell_id, kind, images, fid, protocol):
 
 
 def make_world(root: Path) -> dict[str, Path]:
-    root.mkdir(parents=True)
+    root.mkdir(parents=True, exist_ok=True)
     grid = root / "GRID.csv"
     grid.write_text("\n".join([GRID_HEADER, *GRID_LINES]) + "\n")
     runs, bench = root / "runs", root / "benchmarks"
@@ -107,3 +113,9 @@ def make_world(root: Path) -> dict[str, Path]:
 @pytest.fixture
 def world(tmp_path) -> dict[str, Path]:
     return make_world(tmp_path / "world")
+
+
+@pytest.fixture(scope="module")
+def world_once(tmp_path_factory) -> dict[str, Path]:
+    """The same world, built once per test module, for tests that only read it."""
+    return make_world(tmp_path_factory.mktemp("world"))

@@ -19,6 +19,8 @@ NAN = math.nan
 EXPECTED = {
     "sid2a-el": (1.9, 2.0, 400, 100, 105.0, 420.0, "cifar10-uncond/sid2a/el/bs256", "ok", MINI),
     "sid2a-noel": (3.1, 3.0, 400, 100, math.nan, math.nan, "cifar10-uncond/sid2a/noel/bs256", "ok", MINI),
+    "bs16-el": (5.0, NAN, 400, 100, NAN, NAN, "cifar10-uncond/sid2a/el/bs16", "ok", MINI),
+    "bs16-noel": (40.0, NAN, 400, 100, NAN, NAN, "cifar10-uncond/sid2a/noel/bs16", "ok", MINI),
     "div-4x4": (9.0, math.nan, 200, 50, 30.0, 30.0, "cifar10-uncond/sid2a/el/bs64", "ok", MINI),
     "div-1x4": (10.0, math.nan, 200, 50, math.nan, math.nan, "cifar10-uncond/sid2a/el/bs64/emb1x4", "ok", MINI),
     "div-1x1": (12.0, math.nan, 200, 50, math.nan, math.nan, "cifar10-uncond/sid2a/el/bs64/emb1x1", "ok", MINI),
@@ -35,9 +37,10 @@ def same(a, b) -> bool:
     return a == pytest.approx(b) if isinstance(b, float | int) else a == b
 
 
-@pytest.fixture
-def tables(world, tmp_path):
-    out = tmp_path / "tables"
+@pytest.fixture(scope="module")
+def tables(world_once, tmp_path_factory):
+    world = world_once
+    out = tmp_path_factory.mktemp("out") / "tables"
     code = main(
         ["tables", "--grid", str(world["grid"]), "--runs", str(world["runs"]), "--benchmarks",
          str(world["benchmarks"]), "--gradvar", str(world["gradvar"]), "--out", str(out)]
@@ -47,11 +50,11 @@ def tables(world, tmp_path):
 
 
 def test_one_table_per_grid_table_with_every_row(tables):
-    for name, cells in (("main", 2), ("curves", 2), ("ablation", 3), ("frameworks", 3)):
+    for name, cells in (("main", 2), ("curves", 2), ("batch", 4), ("ablation", 3), ("frameworks", 3)):
         for ext in ("csv", "md", "tex"):
             assert (tables / f"{name}.{ext}").stat().st_size > 0
         assert len(pd.read_csv(tables / f"{name}.csv")) == cells
-    assert len(pd.read_csv(tables / "cells.csv")) == 10
+    assert len(pd.read_csv(tables / "cells.csv")) == 14
 
 
 def test_every_cell_gets_the_hand_computed_numbers(tables):
@@ -85,15 +88,15 @@ def test_miniature_markdown_says_not_comparable(tables):
 def test_shared_cell_appears_in_both_experiments_with_one_number(tables):
     cells = pd.read_csv(tables / "cells.csv")
     shared = cells[cells["cell_id"] == "sid2a-el"]
-    assert sorted(shared["experiment"]) == ["convergence", "main"]
-    assert list(shared["fid"]) == [1.9, 1.9]
+    assert sorted(shared["experiment"]) == ["batch_size", "convergence", "main"]
+    assert list(shared["fid"]) == [1.9, 1.9, 1.9]
 
 
 def test_convergence_has_every_record_and_skips_torn_lines(tables):
     conv = pd.read_csv(tables / "convergence.csv")
-    # per grid row: 5 records for each of the two sid2a cells (x2 experiments), 1 per diversity cell,
-    # 2 snapshots for snaps-only, 1 for wrongproto, none for the cell never run
-    assert len(conv) == 10 + 10 + 3 + 2 + 1
+    # per grid row: 5 records for each of the two sid2a cells (x3 experiments), 1 per batch-16 and diversity
+    # cell, 2 snapshots for snaps-only, 1 for wrongproto, none for the cell never run
+    assert len(conv) == 15 + 15 + 2 + 3 + 2 + 1
     curve = conv[(conv["cell_id"] == "sid2a-noel") & (conv["experiment"] == "convergence")]
     assert list(curve["images_seen"]) == [100, 200, 300, 400, 400]
     assert list(curve["kind"]) == ["snapshot"] * 4 + ["final"]
@@ -111,10 +114,10 @@ def test_claims_are_computed_by_hand(tables):
     assert set(claims["protocol"]) == {MINI}
 
 
-def test_samples_are_copied_byte_for_byte(tables, world):
+def test_samples_are_copied_byte_for_byte(tables, world_once):
     for cell_id in ("sid2a-el", "div-1x1"):
         copied = tables / "samples" / f"{cell_id}.png"
-        assert copied.read_bytes() == (world["runs"] / cell_id / "samples.png").read_bytes()
+        assert copied.read_bytes() == (world_once["runs"] / cell_id / "samples.png").read_bytes()
     cells = pd.read_csv(tables / "cells.csv").drop_duplicates("cell_id").set_index("cell_id")
     assert cells.loc["sid2a-el", "samples"] == "samples/sid2a-el.png"
     assert pd.isna(cells.loc["sid2a-noel", "samples"])
