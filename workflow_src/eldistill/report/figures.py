@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from eldistill.report.common import protocol_short, read_csv  # noqa: E402
@@ -56,6 +57,15 @@ def _el_label(el) -> str:
     return "EL on" if bool(el) else "EL off"
 
 
+def _plain_numbers(*axes) -> None:
+    """Log axes labelled 2, 5, 10 rather than 2x10^0."""
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    sparse = FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else "")  # minor ticks: 2, 5, 20, 50...
+    for axis in axes:
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(sparse)
+
+
 def _title(fig, title: str, protocols) -> None:
     fig.suptitle(f"{title}\n{protocol_short(protocols)}", fontsize=10)
 
@@ -71,6 +81,7 @@ def draw_convergence(tables: Path, experiment: str):
         el = bool(rows["el"].iloc[0])
         ax.plot(curve["images_seen"], curve["fid"], "o-", ms=3, color=EL_COLORS[el], label=str(rows["key"].iloc[0]))
     ax.set(xlabel="images seen", ylabel="FID", yscale="log")
+    _plain_numbers(ax.yaxis)
     ax.legend(fontsize=6)
     _title(fig, "FID during distillation, EL off (blue) / on (orange)", conv["protocol"])
     return fig
@@ -84,7 +95,9 @@ def draw_batch_size(tables: Path, experiment: str):
         style = "o-" if el else "s--"
         ax.plot(rows["batch"], rows["fid"], style, color=EL_COLORS[bool(el)], label=f"{distiller}, {_el_label(el)}")
     ax.set(xlabel="batch size", ylabel="FID", xscale="log", yscale="log")
+    _plain_numbers(ax.yaxis)
     ax.set_xticks(sorted(cells["batch"].unique()), [str(int(b)) for b in sorted(cells["batch"].unique())])
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax.legend(fontsize=7)
     missing = int(cells["fid"].isna().sum())
     extra = f" ({missing} cells without a final FID not drawn)" if missing else ""
@@ -98,6 +111,7 @@ def draw_diversity(tables: Path, experiment: str):
     groups = list(cells.groupby(["dataset", "distiller", "batch"], sort=True))
     fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 4), squeeze=False)
     for ax, ((dataset, distiller, batch), rows) in zip(axes[0], groups):
+        rows = rows.astype({"n_archs": int, "inits_per_arch": int})
         grid = rows.pivot_table(index="n_archs", columns="inits_per_arch", values="fid", aggfunc="mean", dropna=False)
         sns.heatmap(grid, annot=True, fmt=".3g", cmap="viridis_r", ax=ax, cbar_kws={"label": "FID"})
         ax.set(
@@ -130,6 +144,9 @@ def draw_gradvar(tables: Path, experiment: str | None = None):
                 label += f": slope {loglog_slope(rows[x], rows['variance']):.2f}"
             ax.plot(rows[x], rows["variance"], "o-", label=label)
         ax.set(xscale="log", yscale="log", ylabel="gradient variance", xlabel="embedders K" if x == "K" else "batch B")
+        ticks = sorted(mean[x].unique())
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
         ax.legend(fontsize=7, title="fitted log-log slope (O(1/x): -1)", title_fontsize=7)
     settings = ", ".join(f"{k} = {v}" for k, v in constant.items()) or "as recorded in gradvar.csv"
     fig.suptitle(
@@ -175,7 +192,7 @@ def draw_samples(tables: Path, experiment: str | None):
         png = tables / str(row["samples"])
         if not png.is_file():
             raise ValueError(f"{path}: cell {row['cell_id']} names a samples file that is missing: {png}")
-        ax.imshow(mpimg.imread(png), cmap="gray")
+        ax.imshow(mpimg.imread(png), cmap="gray", vmin=0.0, vmax=1.0)  # PNG pixels read as [0, 1]
         ax.set_title("\n".join(textwrap.wrap(str(row["key"]), 28)), fontsize=7)
     _title(fig, "One-step samples (fixed seeds)", cells["protocol"])
     return fig
