@@ -6,13 +6,21 @@ Our file (loadable with `torch.load(..., weights_only=True)`):
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import inspect
+import io
+import pickle
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .io import atomic_torch_save
 from .nets import build_network
+from .nets.precond import jsonable
 
 FORMAT = "eldistill-net-v1"
 
@@ -56,3 +64,251 @@ def load_network(path: str | Path, map_location="cpu") -> tuple[torch.nn.Module,
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not match the recorded config: {e}") from None
     return net.to(map_location) if isinstance(map_location, (str, torch.device)) else net, record["meta"]
+
+
+# --- the published EDM / EDM2 pickles, read without running them (anchors B.2) -------------------------
+
+
+class UnsafePickleError(ValueError):
+    """A pickle reached for a global outside the allowlist; the message names it."""
+
+
+class PersistentRecord:
+    """What `torch_utils.persistence._reconstruct_persistent_obj(meta)` would have built, kept as data.
+
+    meta = {type, version, module_src, class_name, state}; module_src is never executed."""
+
+    def __init__(self, meta):
+        self.meta = meta if isinstance(meta, dict) else {}
+
+    @property
+    def class_name(self) -> str:
+        return str(self.meta.get("class_name", ""))
+
+    @property
+    def state(self) -> dict:
+        state = self.meta.get("state")
+        return state if isinstance(state, dict) else {}
+
+
+class ModuleStub:
+    """Stands in for a plain torch.nn container (ModuleDict, ModuleList, ...): keeps its pickled state only."""
+
+    def __init__(self, *args, **kwargs):
+        self.state = {}
+
+    def __setstate__(self, state):
+        self.state = state if isinstance(state, dict) else {}
+
+
+class PickledDict(dict):
+    """dnnlib.EasyDict as a plain dict (any attribute state is folded into the items)."""
+
+    def __setstate__(self, state):
+        if isinstance(state, dict):
+            self.update(state)
+
+
+class Inert:
+    """What `builtins.getattr` yields inside a pickle (bound hook methods): nothing callable, nothing looked up."""
+
+    def __init__(self, *args):
+        pass
+
+
+def _load_storage(data):
+    if not isinstance(data, (bytes, bytearray)):
+        raise UnsafePickleError("torch.storage._load_from_bytes called with a non-bytes argument")
+    return torch.load(io.BytesIO(bytes(data)), weights_only=True)
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+    if not isinstance(storage, (torch.storage.TypedStorage, torch.storage.UntypedStorage)):
+        raise UnsafePickleError("torch._utils._rebuild_tensor_v2 called without a storage")
+    return torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, OrderedDict())
+
+
+def _rebuild_parameter(data, requires_grad=True, backward_hooks=None, state=None):
+    if not isinstance(data, torch.Tensor):
+        raise UnsafePickleError("torch._utils._rebuild_parameter called without a tensor")
+    return torch.nn.Parameter(data, requires_grad=bool(requires_grad))
+
+
+def _numpy_dtype(*args, **kwargs):
+    dtype = np.dtype(*args, **kwargs)
+    if dtype.hasobject:
+        raise UnsafePickleError("numpy.dtype with Python objects is not allowed in a checkpoint")
+    return dtype
+
+
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray, numeric
+    table = {("numpy", "dtype"): _numpy_dtype, ("numpy", "ndarray"): np.ndarray}
+    for prefix in ("numpy.core", "numpy._core"):  # pickles from numpy 1.x and 2.x name the same functions
+        table[(f"{prefix}.multiarray", "scalar")] = multiarray.scalar
+        table[(f"{prefix}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        table[(f"{prefix}.numeric", "_frombuffer")] = numeric._frombuffer
+    return table
+
+
+ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): PersistentRecord,
+    ("dnnlib.util", "EasyDict"): PickledDict,
+    ("dnnlib", "EasyDict"): PickledDict,
+    ("collections", "OrderedDict"): OrderedDict,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "getattr"): Inert,  # bound hook methods in SiDA-EDM2 pickles; never a real getattr
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch.storage", "_load_from_bytes"): _load_storage,
+    **_numpy_globals(),
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only ALLOWED_GLOBALS and torch.nn container classes (as inert stubs); refuses the rest."""
+
+    def __init__(self, file, source: str):
+        super().__init__(file)
+        self.source = source
+
+    def find_class(self, module, name):
+        if (module, name) in ALLOWED_GLOBALS:
+            return ALLOWED_GLOBALS[(module, name)]
+        if module.startswith("torch.nn.modules.") and name.isidentifier() and not name.startswith("_"):
+            return ModuleStub
+        raise UnsafePickleError(f"{self.source}: refusing to load global '{module}.{name}' (not on the allowlist)")
+
+    def persistent_load(self, pid):
+        raise UnsafePickleError(f"{self.source}: persistent ids are not used by EDM pickles; refusing {pid!r}")
+
+
+def read_edm_pickle(path: str | Path) -> Any:
+    """The raw contents of an EDM/EDM2 pickle, with persistent objects as PersistentRecord (no code run)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: pickle not found")
+    with open(path, "rb") as f:
+        try:
+            return RestrictedUnpickler(f, str(path)).load()
+        except UnsafePickleError:
+            raise
+        except Exception as e:  # truncated or corrupt data raises many types
+            raise ValueError(f"{path}: not a readable EDM pickle ({type(e).__name__}: {e})") from None
+
+
+def _module_state(obj) -> dict:
+    if isinstance(obj, PersistentRecord):
+        return obj.state
+    if isinstance(obj, ModuleStub):
+        return obj.state
+    return {}
+
+
+def collect_state_dict(obj, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Walk a pickled module tree: parameters and persistent buffers under dotted names (like state_dict())."""
+    state = _module_state(obj)
+    out: dict[str, torch.Tensor] = {}
+    for name, value in (state.get("_parameters") or {}).items():
+        if value is not None:
+            out[prefix + name] = value.detach()
+    non_persistent = state.get("_non_persistent_buffers_set") or set()
+    for name, value in (state.get("_buffers") or {}).items():
+        if value is not None and name not in non_persistent:
+            out[prefix + name] = value.detach()
+    for name, child in (state.get("_modules") or {}).items():
+        if child is not None:
+            out.update(collect_state_dict(child, f"{prefix}{name}."))
+    return out
+
+
+def _network_config(record: PersistentRecord, source: str) -> dict[str, Any]:
+    from .nets import CLASS_ALIASES, PRECONDS
+
+    name = CLASS_ALIASES.get(record.class_name, record.class_name)
+    if name not in PRECONDS:
+        raise ValueError(f"{source}: network class {record.class_name!r} is not one this suite can rebuild")
+    kwargs = dict(record.state.get("_init_kwargs") or {})
+    args = tuple(record.state.get("_init_args") or ())
+    if args:  # positional constructor arguments: name them from our (identical) signature
+        names = [p for p in inspect.signature(PRECONDS[name]).parameters if p not in ("model_kwargs", "unet_kwargs")]
+        kwargs.update(zip(names, args))
+    kwargs.pop("class_name", None)
+    return jsonable({"class_name": name, **kwargs})
+
+
+def load_edm_pickle(path: str | Path, key: str = "ema") -> torch.nn.Module:
+    """Our network, with the weights of a published EDM/EDM2 pickle (float32, strict keys, eval mode)."""
+    return load_edm_pickle_with_info(path, key)[0]
+
+
+def load_edm_pickle_with_info(path: str | Path, key: str = "ema") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(net, info): info records where the weights came from and EDM2's latent encoder settings."""
+    path = Path(path)
+    data = read_edm_pickle(path)
+    record = data.get(key) if isinstance(data, dict) else data
+    if not isinstance(record, PersistentRecord):
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path}: no persistent network under key {key!r} (found {found})")
+    config = _network_config(record, str(path))
+    state = collect_state_dict(record)
+    dtypes = sorted({str(v.dtype) for v in state.values()})
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # EDM2 stores fp16
+    try:
+        net = build_network(config)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not match {config['class_name']}: {e}") from None
+    info: dict[str, Any] = {"source": path.name, "source_class": record.class_name, "source_dtypes": dtypes}
+    encoder = data.get("encoder") if isinstance(data, dict) else None
+    if isinstance(encoder, PersistentRecord):
+        enc = encoder.state
+        info["encoder"] = jsonable(
+            {"class_name": encoder.class_name, **{k: enc[k] for k in ("vae_name", "scale", "bias") if k in enc}}
+        )
+    if isinstance(data, dict) and isinstance(data.get("dataset_kwargs"), dict):
+        info["dataset_kwargs"] = jsonable({k: v for k, v in data["dataset_kwargs"].items() if _plain(v)})
+    return net.eval(), info
+
+
+def _plain(value) -> bool:
+    return isinstance(value, (str, int, float, bool, type(None), list, tuple, np.generic))
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def convert_teacher(src: str | Path, out: str | Path, key: str = "ema") -> Path:
+    """Published pickle -> our network file (meta kind 'teacher', with the source's sha256)."""
+    net, info = load_edm_pickle_with_info(src, key)
+    meta = {"kind": "teacher", "source_sha256": sha256_file(src), **info}
+    return save_network(out, net, meta)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", metavar="IN.pkl", help="published EDM/EDM2 pickle (never executed)")
+    parser.add_argument("output", metavar="OUT.pt", help="our network file (torch.load weights_only=True)")
+    parser.add_argument("--key", default="ema", help="which network of the pickle to convert (default: ema)")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = convert_teacher(args.input, args.output, args.key)
+    net, meta = load_network(path)
+    print(
+        f"{args.input} -> {path}: {meta['source_class']} as {net.config['class_name']}, "
+        f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M params, source sha256 {meta['source_sha256'][:12]}"
+    )
+    return 0

@@ -1,0 +1,158 @@
+"""Published-format pickles load into our networks without running their code; hostile pickles are refused.
+
+The pickles are written by the `write_edm_pickle` fixture (conftest.py): EDM's persistence records, whose
+embedded module source and reconstruct hook both raise if anything ever executes them."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from eldistill.checkpoints import UnsafePickleError, load_edm_pickle, load_network, read_edm_pickle, run
+from eldistill.nets import build_network, preset
+
+SMALL_SONG = dict(img_channels=3, channel_mult=[1, 2], attn_resolutions=[8], augment_dim=9, dropout=0.1)
+SMALL_ADM = {
+    "class_name": "EDMPrecond",
+    "model_type": "DhariwalUNet",
+    "img_resolution": 16,
+    "img_channels": 3,
+    "model_channels": 64,
+    "channel_mult": [1, 2],
+    "num_blocks": 1,
+    "attn_resolutions": [8],
+}
+SMALL_EDM2 = {
+    "class_name": "EDM2Precond",
+    "img_resolution": 16,
+    "img_channels": 4,
+    "model_channels": 32,
+    "channel_mult": [1, 2],
+    "num_blocks": 1,
+    "attn_resolutions": [8],
+    "channels_per_head": 32,
+    "logvar_channels": 16,
+}
+
+
+def outputs(net, config, labels):
+    torch.manual_seed(5)
+    x = torch.randn(3, config["img_channels"], config["img_resolution"], config["img_resolution"])
+    with torch.no_grad():
+        return net.eval()(x, torch.tensor([0.05, 1.0, 20.0]), labels)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        preset("mini", **SMALL_SONG),
+        preset("mini", **SMALL_SONG, label_dim=10),
+        preset("mini", class_name="VPPrecond", embedding_type="fourier", encoder_type="residual", channel_mult_noise=2),
+        {**SMALL_ADM, "label_dim": 10},
+        {**SMALL_EDM2, "label_dim": 0},
+        {**SMALL_EDM2, "label_dim": 10},
+    ],
+    ids=["songunet-uncond", "songunet-cond", "ncsnpp-vp", "adm-cond", "edm2-uncond", "edm2-cond"],
+)
+def test_published_format_loads_with_strict_keys(tmp_path, config, randomize, write_edm_pickle):
+    edm2 = config["class_name"] == "EDM2Precond"
+    net = randomize(build_network(config), seed=11)
+    if edm2:  # EDM2 snapshots store the EMA weights in float16
+        net = net.half()
+    path = write_edm_pickle(tmp_path / "snapshot.pkl", net, edm2=edm2)
+    loaded = load_edm_pickle(path)
+    assert type(loaded) is type(net) and loaded.config == net.config
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())  # fp16 upcast
+    labels = torch.eye(10)[[0, 4, 9]] if config.get("label_dim") else None
+    torch.testing.assert_close(outputs(loaded, config, labels), outputs(net.float(), config, labels), rtol=0, atol=0)
+
+
+def test_aliases_and_edm2_encoder_info(tmp_path, write_edm_pickle):
+    net = build_network({**SMALL_EDM2, "label_dim": 0})
+    path = write_edm_pickle(tmp_path / "sida.pkl", net, edm2=True, class_name="EDM_2_Precond_Generator")
+    out = tmp_path / "teacher.pt"
+    assert run(type("Args", (), {"input": str(path), "output": str(out), "key": "ema"})()) == 0
+    raw = torch.load(out, weights_only=True)  # our format needs no code either
+    converted, meta = load_network(out)
+    assert meta["kind"] == "teacher" and meta["source_class"] == "EDM_2_Precond_Generator"
+    assert len(meta["source_sha256"]) == 64 and raw["config"]["class_name"] == "EDM2Precond"
+    assert meta["encoder"]["vae_name"] == "stabilityai/sd-vae-ft-mse"
+    assert meta["encoder"]["scale"] == pytest.approx([0.12, 0.11, 0.13, 0.15])
+
+
+def test_cli_convert_teacher(tmp_path, write_edm_pickle):
+    path = write_edm_pickle(tmp_path / "edm.pkl", build_network(preset("mini")))
+    out = tmp_path / "t.pt"
+    proc = subprocess.run(
+        [sys.executable, "-m", "eldistill.cli", "convert-teacher", str(path), str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert load_network(out)[1]["source"] == "edm.pkl"
+
+
+# --- hostile pickles -------------------------------------------------------------------------------------
+
+
+def hostile_payloads(marker):
+    """Protocol-0 pickles that would create `marker` (a file) if a loader resolved their global."""
+    cmd = f"touch {marker}"
+    return {
+        "os.system": f"cos\nsystem\n(V{cmd}\ntR.".encode(),
+        "posix.system": f"cposix\nsystem\n(V{cmd}\ntR.".encode(),
+        "builtins.eval": f"cbuiltins\neval\n(V__import__('os').system('{cmd}')\ntR.".encode(),
+        "builtins.exec": f"cbuiltins\nexec\n(V__import__('os').system('{cmd}')\ntR.".encode(),
+        "subprocess.check_call": f"csubprocess\ncheck_call\n((Vtouch\nV{marker}\nltR.".encode(),
+        "subprocess.Popen": f"csubprocess\nPopen\n((Vtouch\nV{marker}\nltR.".encode(),
+    }
+
+
+@pytest.mark.parametrize("name", list(hostile_payloads("x")))
+def test_hostile_globals_refused_without_side_effect(tmp_path, name):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(hostile_payloads(marker)[name])
+    with pytest.raises(UnsafePickleError, match=name.replace(".", r"\.")):
+        load_edm_pickle(path)
+    assert not marker.exists()
+
+
+def test_hostile_global_nested_in_a_valid_snapshot(tmp_path, write_edm_pickle):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = write_edm_pickle(tmp_path / "snap.pkl", build_network(preset("mini")), extra={"augment_pipe": Evil()})
+    with pytest.raises(UnsafePickleError, match="system"):
+        load_edm_pickle(path)
+    assert not marker.exists()
+
+
+def test_unknown_torch_global_and_persistent_id_refused(tmp_path):
+    path = tmp_path / "odd.pkl"
+    path.write_bytes(pickle.dumps(torch.nn.functional.relu))
+    with pytest.raises(UnsafePickleError, match="relu"):
+        read_edm_pickle(path)
+    path.write_bytes(b"Pfoo\n.")  # protocol-0 persistent id
+    with pytest.raises(UnsafePickleError, match="persistent"):
+        read_edm_pickle(path)
+
+
+def test_truncated_and_foreign_pickles_name_the_file(tmp_path, write_edm_pickle):
+    path = write_edm_pickle(tmp_path / "cut.pkl", build_network(preset("mini")))
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(ValueError, match="cut.pkl"):
+        load_edm_pickle(path)
+    other = tmp_path / "plain.pkl"
+    other.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    with pytest.raises(ValueError, match="plain.pkl.*'ema'"):
+        load_edm_pickle(other)
