@@ -79,3 +79,14 @@ def make_cell(tmp_path, make_files):
 
 
 TINY_EL = {"weight": 1.0, "archs": ["cnn"], "inits_per_arch": 2, "working_size": 8}
+
+
+@pytest.fixture
+def tiny_el() -> dict:
+    """A two-embedder EL config small enough for 8x8 images."""
+    return dict(TINY_EL)
+
+
+@pytest.fixture
+def net_factory():
+    return tiny_net

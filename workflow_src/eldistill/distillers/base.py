@@ -132,11 +132,12 @@ def karras_grid(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_M
 
 
 def denoise(net: nn.Module, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None, features=False):
-    """D(x; sigma, c) in float32; with features=True also the U-Net bottleneck feature map."""
+    """D(x; sigma, c) in at least float32; with features=True also the U-Net bottleneck feature map."""
     out = net(x, sigma, labels, return_features=True) if features else net(x, sigma, labels)
-    if features:
-        return out[0].float(), out[1]
-    return out.float()
+    denoised = out[0] if features else out
+    if denoised.dtype in (torch.float16, torch.bfloat16):
+        denoised = denoised.float()
+    return (denoised, out[1]) if features else denoised
 
 
 def edm_fake_score_loss(
