@@ -129,6 +129,8 @@ def evaluate_run(
         if state_dir is None:
             raise ValueError("--state-dir is required to evaluate snapshots (state_dir/snapshots/generator-*.pt)")
         snapshot_paths = sorted((Path(state_dir) / "snapshots").glob("generator-*.pt"))
+        if not snapshot_paths:
+            print(f"note: no snapshots in {state_dir}/snapshots; evaluating generator.pt only", file=sys.stderr)
     fnet = load_feature_net(proto, feature_net, device)
     ref = load_reference(reference)
     ref.check(proto, fnet.id, reference)

@@ -78,7 +78,10 @@ class InceptionFeatures:
 
     def check_images(self, channels: int, resolution: int) -> None:
         if channels not in (1, 3):
-            raise ValueError(f"Inception features need pixel images with 1 or 3 channels, got {channels}")
+            raise ValueError(
+                f"Inception features need pixel images with 1 or 3 channels, got {channels} "
+                "(latent generators must be decoded to pixels first, which evaluate does not do yet)"
+            )
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
