@@ -88,6 +88,8 @@ def make_world(root: Path) -> dict[str, Path]:
         run.mkdir(parents=True)
         (run / "config.json").write_text(json.dumps({"teacher": TEACHERS.get(cell_id, "teachers/mini.pt")}))
         lines = [json.dumps(record(cell_id, "snapshot", i, f, protocol)) for i, f in snaps]
+        if cell_id == "sid2a-el":  # min-of-3-seeds: the final checkpoint again on other seeds, not a new snapshot
+            lines.append(json.dumps({**record(cell_id, "snapshot", 400, 0.5, protocol), "seeds": [500, 999]}))
         if final:
             lines.append(json.dumps(record(cell_id, "final", final[0], final[1], protocol)))
         lines.append('{"fid": 0.1, "kind": "fin')  # a line torn by a kill: must be skipped

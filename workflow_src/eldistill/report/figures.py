@@ -151,7 +151,7 @@ def draw_gradvar(tables: Path, experiment: str | None = None):
     settings = ", ".join(f"{k} = {v}" for k, v in constant.items()) or "as recorded in gradvar.csv"
     fig.suptitle(
         "Gradient variance of EL against the number of embedders K and the batch B\n"
-        + textwrap.shorten(f"probe settings: {settings}", 150),
+        + textwrap.fill(f"probe settings: {settings}", 150, max_lines=3, placeholder=" [...]"),
         fontsize=10,
     )
     fig.tight_layout()

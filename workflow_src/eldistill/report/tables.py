@@ -2,7 +2,8 @@
 
 Inputs, per grid row (cell `c`):
     RUNS/c/fid.jsonl       the `final` record gives `fid` and its protocol columns; the minimum over the
-                           `snapshot` records (same protocol) gives `fid_best_snapshot`
+                           `snapshot` records (same protocol, first seed range of each checkpoint) gives
+                           `fid_best_snapshot`
     RUNS/c/metrics.jsonl   `images_seen` / `iterations` of the last line, when fid.jsonl has no final record
     RUNS/c/config.json     the cell's teacher (its file name enters the key, see report.common)
     RUNS/c/samples.png     copied to TABLES/samples/c.png
@@ -112,7 +113,7 @@ CONVERGENCE_CELL_COLUMNS = (
     "total_images",
     "key",
 )
-CONVERGENCE_RECORD_COLUMNS = ("kind", "images_seen", "iterations", "fid", *PROTOCOL_COLUMNS, "checkpoint")
+CONVERGENCE_RECORD_COLUMNS = ("kind", "images_seen", "iterations", "fid", *PROTOCOL_COLUMNS, "seeds", "checkpoint")
 GRADVAR_ALIASES = {
     "k": "K",
     "num_embedders": "K",
@@ -179,6 +180,7 @@ def read_cell(run_dir: Path, cell_id: str, planned_protocol: str) -> tuple[dict,
     if any(r.get("cell_id") not in (None, cell_id) for r in records):
         out["status"] = "cell_id_mismatch"
         return out, []
+    records = _first_per_checkpoint(records)
     finals = [r for r in records if r.get("kind") == "final"]
     snapshots = [r for r in records if r.get("kind") == "snapshot"]
     source = finals[-1] if finals else (snapshots[-1] if snapshots else None)
@@ -201,6 +203,21 @@ def read_cell(run_dir: Path, cell_id: str, planned_protocol: str) -> tuple[dict,
             out["images_seen"] = _float(last[0].get("images_seen"))
             out["iterations"] = _float(last[0].get("iterations"))
     return out, records
+
+
+def _first_per_checkpoint(records: list[dict]) -> list[dict]:
+    """Drop repeated snapshot evaluations of one checkpoint (min-of-3-seeds evaluates the final generator on
+    two more seed ranges; the final record holds their minimum), so curves and fid_best_snapshot use the
+    first seed range, like every other snapshot."""
+    seen, kept = set(), []
+    for r in records:
+        checkpoint = r.get("checkpoint")
+        if r.get("kind") == "snapshot" and checkpoint is not None:
+            if checkpoint in seen:
+                continue
+            seen.add(checkpoint)
+        kept.append(r)
+    return kept
 
 
 def _float(value) -> float:
