@@ -21,6 +21,9 @@ except ConfigError as e:  # before any job exists: name the key and stop
     sys.exit(f"eldistill: {e}")
 
 CFG = GRID.config  # validated, defaults filled
+for _key in ("reported", "tolerances"):  # relative to the repository, so --directory elsewhere still finds them
+    if not Path(CFG[_key]).is_absolute():
+        CFG[_key] = str(Path(workflow.basedir) / CFG[_key])
 SCALE = GRID.scale
 RESULTS = f"results/{SCALE}"
 LOGS = f"{RESULTS}/logs"

@@ -6,21 +6,11 @@ SINGLE_NODE = [c for c in CELL_IDS if GRID.plans[c]["nodes"] == 1]
 MULTI_NODE = [c for c in CELL_IDS if GRID.plans[c]["nodes"] > 1]
 
 
-rule cell_config:
-    output:
-        f"{RESULTS}/cells/{{cell}}.json",
-    log:
-        f"{LOGS}/cell_config/{{cell}}.log",
-    localrule: True
-    run:
-        GRID.cells[wildcards.cell].save(output[0])
-
-
 rule distill:
     input:
         unpack(cell_inputs),
-        # the file name is the cell id, so a result-changing edit is a new cell; ancient() keeps a hardware
-        # knob in the JSON (the per-GPU batch) from retraining a finished cell
+        # written by the grid rule; its name is the cell id, so a result-changing edit is a new cell, and
+        # ancient() keeps a rewrite (a hardware knob such as the per-GPU batch) from retraining a finished one
         cell=ancient(f"{RESULTS}/cells/{{cell}}.json"),
     output:
         generator=f"{RESULTS}/runs/{{cell}}/generator.pt",

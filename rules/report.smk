@@ -7,16 +7,18 @@ TABLE_CELLS = sorted({row["cell_id"] for row in GRID.rows})
 
 rule grid:
     output:
-        GRID_CSV,
+        grid=GRID_CSV,
+        cells=expand(f"{RESULTS}/cells/{{cell}}.json", cell=CELL_IDS),
     params:
-        rows=GRID.rows,  # a changed grid rewrites the file (params trigger)
+        rows=GRID.rows,  # a changed grid rewrites the files (params trigger)
     log:
         f"{LOGS}/grid.log",
     localrule: True
     run:
-        from eldistill.grid import write_grid_csv
+        from eldistill.grid import write_cells, write_grid_csv
 
-        write_grid_csv(params.rows, output[0])
+        write_grid_csv(params.rows, output.grid)
+        write_cells(GRID, f"{RESULTS}/cells")
 
 
 if CFG["gradvar"]:

@@ -14,6 +14,7 @@ import copy
 import csv
 import io
 import itertools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -333,12 +334,9 @@ def build_grid(config: dict[str, Any], schema_path: str | Path | None = None) ->
                 raise ConfigError(f"config: {cell_where}.teacher: unknown teacher '{teacher}'; known: {known}")
             init_cell = None
             if settings.get("distiller") == "sid2a":
-                # SiD2A = SiDA started from the SiD generator with the same settings (SiDA's own
-                # distiller_args are left out: the SiD cell takes only the defaults' and SiD's)
+                # SiD2A = SiDA started from the SiD generator of the same settings (distillers.sid2a's own
+                # settings, e.g. its GAN schedule, do not apply to the SiD cell)
                 sid = _resolve(_layers(config, experiment, combo, variant, {"distiller": "sid", "aux_loss": "none"}))
-                sid["distiller_args"] = _resolve([config["defaults"], config["distillers"].get("sid", {})]).get(
-                    "distiller_args", {}
-                )
                 init_cell, init_plan, _ = _make_cell(config, sid, f"{cell_where} (its SiD start)", teacher, None)
                 add(init_cell, init_plan)
             init_generator = f"{init_cell.run_dir}/generator.pt" if init_cell else None
@@ -361,11 +359,29 @@ def write_grid_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     return atomic_write_bytes(buffer.getvalue().encode(), path)
 
 
-def grid(config_paths: list[str | Path], out: str | Path | None = None, schema: str | Path | None = None) -> Grid:
-    """Python entry point of `eldistill grid`: load, validate, expand and (optionally) write GRID.csv."""
+def write_cells(result: Grid, out_dir: str | Path) -> list[Path]:
+    """Each cell's JSON (what `eldistill train --config` reads) as OUT_DIR/<cell_id>.json."""
+    paths = []
+    for cell_id, cell in result.cells.items():
+        path = Path(out_dir) / f"{cell_id}.json"
+        atomic_write_bytes((json.dumps(cell.to_dict(), indent=2, sort_keys=True) + "\n").encode(), path)
+        paths.append(path)
+    return paths
+
+
+def grid(
+    config_paths: list[str | Path],
+    out: str | Path | None = None,
+    schema: str | Path | None = None,
+    cells_dir: str | Path | None = None,
+) -> Grid:
+    """Python entry point of `eldistill grid`: load, validate, expand and (optionally) write GRID.csv and
+    every cell's JSON."""
     result = build_grid(load_config(config_paths), schema)
     if out:
         write_grid_csv(result.rows, out)
+    if cells_dir:
+        write_cells(result, cells_dir)
     return result
 
 
@@ -375,12 +391,13 @@ def grid(config_paths: list[str | Path], out: str | Path | None = None, schema: 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", nargs="+", required=True, help="config YAML file(s); later ones override")
     parser.add_argument("--out", help="GRID.csv to write (omit to only validate)")
+    parser.add_argument("--cells", help="folder to write each cell's JSON into (<cell_id>.json)")
     parser.add_argument("--schema", default=str(DEFAULT_SCHEMA), help="JSON schema of the config (YAML)")
 
 
 def run(args) -> int:
     try:
-        result = grid(args.config, args.out, args.schema)
+        result = grid(args.config, args.out, args.schema, args.cells)
     except ConfigError as e:
         print(f"error: {e}")
         return 2
