@@ -24,6 +24,7 @@ claim/iterations,*,,,,*,true,,max_iteration_reduction_pct,80,higher,claim,s9
 claim/diversity,*,,,,*,true,,fid_gain_4arch4init_vs_1arch_pct,10,higher,claim,s10
 claim/small-batch,imagenet,512,true,,sid2a,true,16,graceful_degradation,,n/a,claim,s11
 baseline/afhqv2-64/sid2a,afhqv2,64,false,edm-afhqv2-64x64-uncond-vp,sid2a,false,512,fid,1.276,lower,{PAPER},s12
+afhqv2-64/sid2a/el,afhqv2,64,false,edm-afhqv2-64x64-uncond-vp,sid2a,true,,fid,1.26,lower,{PAPER},s13
 """
 # cell_id, key, fid, protocol, status, distiller, el, conditional
 CELLS = [
@@ -37,6 +38,7 @@ CELLS = [
     ("h", "imagenet64/sid/noel/bs8192", None, PAPER, "not_run", "sid", False, True),
     ("i", "digits16/sid2a/noel/bs64", 30.0, MINI, "ok", "sid2a", False, False),
     ("j", "cifar10-uncond/dmd/el/bs64/aux-gan", 3.0, PAPER, "ok", "dmd", True, False),
+    ("k", "digits16/sid2a/el/bs64/emb2x1", 25.0, MINI, "ok", "sid2a", True, False),
 ]
 CLAIMS = [
     ("claim/iterations", "max_iteration_reduction_pct", 78.0, PAPER),
@@ -55,6 +57,7 @@ EXPECTED_PAPER = {
     "claim/diversity": ("BETTER", ""),  # 16 > 10 + 5, higher is better
     "claim/small-batch": ("MISSING_OURS", None),  # not computed by us
     "baseline/afhqv2-64/sid2a": ("NOT_COMPARABLE", "i"),  # only a miniature analogue
+    "afhqv2-64/sid2a/el": ("NOT_COMPARABLE", "k"),  # analogue with the miniature's smaller ensemble; g is cond
 }
 EXPECTED_OURS_ONLY = {"e": "MISSING_PAPER", "j": "MISSING_PAPER"}  # ffhq bs512 lost to bs256; no paper aux row
 TOLERANCES = """fid: {abs: 0.05, rel: 0}
@@ -102,15 +105,17 @@ def test_numbers_delta_and_tolerance(pair):
     assert diff.loc["claim/iterations", "tolerance"] == pytest.approx(15.0)
     assert "best of 2" in diff.loc["ffhq64/sid2a/el", "note"]
     assert "not_run" in diff.loc["baseline/imagenet64/sid", "note"]
+    not_comparable = diff.loc["imagenet512/sid2a/el/bs2048"]
+    assert not_comparable["ours"] == 2.0 and pd.isna(not_comparable["delta"])  # no delta across protocols
 
 
 def test_outputs_csv_and_markdown_with_summary(pair):
     make_diff(pair["reported"], pair["tables"], pair["tolerances"], pair["out"])
-    assert len(pd.read_csv(pair["out"] / "diff.csv")) == 14
+    assert len(pd.read_csv(pair["out"] / "diff.csv")) == 15
     text = (pair["out"] / "diff.md").read_text()
     summary = (
         "**Summary:** MATCH 1, WITHIN_TOL 3, BETTER 2, WORSE 1, MISSING_OURS 3, MISSING_PAPER 2, "
-        "NOT_COMPARABLE 2 (total 14)"
+        "NOT_COMPARABLE 3 (total 15)"
     )
     assert summary in text
 

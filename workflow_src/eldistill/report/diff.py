@@ -7,7 +7,8 @@ key. A reported row without batch_size matches our rows of any batch. When sever
 the one under the paper's protocol with the lowest FID is compared (the paper reports its best run) and
 the `note` says how many there were. Our rows that no reported row compares with are MISSING_PAPER.
 A reported FID row with no key match is shown against its analogue under another protocol when there is
-one (the miniature's cell of the same distiller, EL and conditioning, full ensemble, no auxiliary loss):
+one (the miniature's cell of the same distiller, EL and conditioning, no auxiliary loss, the full ensemble
+when the miniature has one):
 NOT_COMPARABLE, so a miniature run lists each paper number next to the number that stands for it.
 
 Statuses, in the order they are decided:
@@ -175,7 +176,8 @@ def our_rows(tables_dir: str | Path) -> pd.DataFrame:
 
 def _analogues(ours: pd.DataFrame, paper_row: pd.Series) -> pd.DataFrame:
     """Our rows measured under another protocol (the miniature) that stand for a paper row: same metric,
-    distiller, EL and conditioning, the full ensemble and no auxiliary loss (no key qualifier)."""
+    distiller, EL and conditioning, no auxiliary loss; rows with the full ensemble when there are any (the
+    miniature may run EL with a smaller ensemble everywhere)."""
     if paper_row["key"].startswith("claim/") or not ours["protocol"].ne(paper_row["protocol"]).any():
         return ours.iloc[:0]
     conditional = parse_bool(paper_row["conditional"] or "false", f"reported row {paper_row['key']}: conditional")
@@ -185,9 +187,10 @@ def _analogues(ours: pd.DataFrame, paper_row: pd.Series) -> pd.DataFrame:
         & (ours["distiller"].astype(str) == paper_row["distiller"])
         & (ours["el"].map(lambda v: str(v).lower()) == str(parse_bool(paper_row["el"], "el")).lower())
         & (ours["conditional"].map(lambda v: str(v).lower()) == str(conditional).lower())
-        & ours["key"].map(lambda k: "/emb" not in str(k) and "/aux-" not in str(k))
+        & ours["key"].map(lambda k: "/aux-" not in str(k))
     )
-    return ours[same]
+    full = same & ours["key"].map(lambda k: "/emb" not in str(k))
+    return ours[full] if full.any() else ours[same]
 
 
 def _candidates(ours: pd.DataFrame, paper_row: pd.Series) -> pd.DataFrame:
@@ -238,6 +241,7 @@ def make_diff(
             row["note"] = f"no cell of ours for this key; analogue under another protocol. {row['note']}"
         if best["protocol"] != wanted:
             row["status"] = "NOT_COMPARABLE"
+            row["delta"] = math.nan  # a difference across protocols means nothing
             row["note"] = f"protocol {best['protocol']} is not the paper's {wanted}. " + row["note"]
         elif math.isnan(row["paper"]) or p["direction"] not in ("lower", "higher"):
             row["status"] = "NOT_COMPARABLE"
@@ -278,9 +282,17 @@ def markdown(diff: pd.DataFrame, reported_path, tables_dir) -> str:
         "",
         "**Summary:** " + ", ".join(f"{s} {n}" for s, n in counts.items()) + f" (total {len(diff)})",
         "",
-        diff.drop(columns=["source"]).to_markdown(index=False, floatfmt=".4g"),
+        _text(diff.drop(columns=["source"])).to_markdown(index=False, disable_numparse=True),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _text(diff: pd.DataFrame) -> pd.DataFrame:
+    """Numbers with 4 significant digits, empty cells for missing values."""
+    shown = diff.astype(object)
+    for col in ("paper", "ours", "delta", "tolerance"):
+        shown[col] = ["" if pd.isna(v) else f"{float(v):.4g}" for v in diff[col]]
+    return shown.where(shown.notna(), "")
 
 
 def parse_fail_on(text: str | None) -> set[str]:
