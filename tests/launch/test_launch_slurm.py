@@ -55,7 +55,8 @@ def test_two_cells_as_one_array(slurm_cluster, make_cell, tmp_path):
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
-def test_preempted_cell_requeues_resumes_and_matches_an_uninterrupted_run(slurm_cluster, make_cell, tmp_path):
+@pytest.mark.parametrize("how", ["signal", "scontrol"])
+def test_preempted_cell_requeues_resumes_and_matches_an_uninterrupted_run(how, slurm_cluster, make_cell, tmp_path):
     cell = make_cell("preempted", total_images=48)
     (job,) = launch([cell], partition=slurm_cluster["partition"], folder=tmp_path / "logs", cpus_per_task=1)
     metrics = Path(cell.run_dir) / "metrics.jsonl"
@@ -63,8 +64,10 @@ def test_preempted_cell_requeues_resumes_and_matches_an_uninterrupted_run(slurm_
     while not (metrics.exists() and read_jsonl(metrics)) and time.time() < deadline:
         time.sleep(0.2)
     assert read_jsonl(metrics), "training never started"
-    # submitit's preemption signal (what a cluster sends before the time limit or a preemption)
-    subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)
+    if how == "signal":  # submitit's pre-time-out / preemption signal, as SLURM sends it to every process
+        subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)
+    else:  # an admin or the scheduler requeues the job: SLURM sends SIGTERM, the job must not count it as done
+        subprocess.run(["scontrol", "requeue", job.job_id], check=True)
     while "requeue" not in events(cell) and time.time() < deadline:
         time.sleep(0.2)
     assert "requeue" in events(cell)

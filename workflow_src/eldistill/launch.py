@@ -232,7 +232,7 @@ class TrainCell(submitit.helpers.Checkpointable):
         if code != EXIT_REQUEUE:
             raise RuntimeError(f"cell {cell.cell_id}: training exited with code {code}; see the job's stderr log")
         if not leader:  # rank 0 decides about the requeue; SLURM ends this task with the job
-            return {"cell_id": cell.cell_id, "stopped": True}
+            sys.exit(EXIT_REQUEUE)
         if restarts >= self.max_requeues:
             append_jsonl({"event": "requeue_refused", "job_id": env.job_id, "restarts": restarts}, log)
             raise RuntimeError(
@@ -243,10 +243,9 @@ class TrainCell(submitit.helpers.Checkpointable):
         requeue = subprocess.run(["scontrol", "requeue", str(env.job_id)], capture_output=True, text=True, timeout=60)
         if requeue.returncode and slurm_state(str(env.job_id)) not in REQUEUE_STATES:
             raise RuntimeError(f"cell {cell.cell_id}: scontrol requeue failed: {requeue.stderr.strip()}")
-        # SLURM (asked by us or already requeueing on its own) ends this process now; writing no result file
-        # keeps the client waiting for the next start
-        time.sleep(600)
-        raise RuntimeError(f"cell {cell.cell_id}: job {env.job_id} was not requeued within 10 minutes")
+        # requeued (by us, or by SLURM on its own): leave without a result file, so the client waits for the
+        # next start (submitit leaves the same way after its own requeue)
+        sys.exit(EXIT_REQUEUE)
 
     def _on_stop_signal(self, signum, frame) -> None:
         if self._stopping or self._proc is None:
