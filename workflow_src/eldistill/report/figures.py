@@ -77,7 +77,9 @@ def draw_convergence(tables: Path, experiment: str):
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for _, rows in conv.groupby("cell_id", sort=False):
         snaps = rows[rows["kind"] == "snapshot"]
-        curve = (snaps if len(snaps) else rows).dropna(subset=["fid", "images_seen"]).sort_values("images_seen")
+        curve = (snaps if len(snaps) else rows).dropna(subset=["fid", "images_seen"])
+        # the last snapshot and generator.pt are both evaluated at the final images: one point
+        curve = curve.drop_duplicates("images_seen").sort_values("images_seen")
         el = bool(rows["el"].iloc[0])
         ax.plot(curve["images_seen"], curve["fid"], "o-", ms=3, color=EL_COLORS[el], label=str(rows["key"].iloc[0]))
     ax.set(xlabel="images seen", ylabel="FID", yscale="log")
@@ -169,6 +171,8 @@ def draw_frameworks(tables: Path, experiment: str):
             data=rows, x="distiller", y="fid", hue="EL", hue_order=["EL off", "EL on"], errorbar=None, ax=ax,
             palette={"EL off": EL_COLORS[False], "EL on": EL_COLORS[True]},
         )  # fmt: skip
+        for bars in ax.containers:
+            ax.bar_label(bars, fmt="%.3g", fontsize=7)
         ax.set(title=dataset, ylabel="FID")
     _title(fig, "FID per distiller without and with the Embedding Loss", cells["protocol"])
     fig.tight_layout()

@@ -91,6 +91,7 @@ DISPLAY_COLUMNS = (
     "fid",
     "fid_best_snapshot",
     "images_seen",
+    "wall_seconds",
     "gpu_seconds",
     "protocol",
     "num_samples",
@@ -259,7 +260,8 @@ def _curve(records: pd.DataFrame) -> pd.DataFrame:
     """FID against images seen: the snapshot records, or the final record when there is no snapshot."""
     snaps = records[records["kind"] == "snapshot"]
     curve = snaps if len(snaps) else records[records["kind"] == "final"]
-    return curve.dropna(subset=["fid", "images_seen"]).sort_values("images_seen")
+    curve = curve.dropna(subset=["fid", "images_seen"]).drop_duplicates("images_seen")  # snapshot = generator.pt
+    return curve.sort_values("images_seen")
 
 
 def iteration_reduction(cells: pd.DataFrame, convergence: pd.DataFrame) -> dict | None:
@@ -325,7 +327,7 @@ def diversity_gain(cells: pd.DataFrame) -> dict | None:
 def _display(df: pd.DataFrame) -> pd.DataFrame:
     """The columns shown in Markdown/LaTeX, as text: counts as integers, FIDs with 3 decimals, '' if missing."""
     shown = df[list(DISPLAY_COLUMNS)].copy()
-    formats = {"fid": "{:.3f}", "fid_best_snapshot": "{:.3f}", "gpu_seconds": "{:.0f}"}
+    formats = {"fid": "{:.3f}", "fid_best_snapshot": "{:.3f}", "wall_seconds": "{:.0f}", "gpu_seconds": "{:.0f}"}
     for col in ("resolution", "batch", "n_archs", "inits_per_arch", "images_seen", "num_samples"):
         formats[col] = "{:.0f}"
     for col, fmt in formats.items():
