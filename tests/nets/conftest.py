@@ -87,8 +87,8 @@ def _as_persistent(module: torch.nn.Module, init_kwargs=None):
     return _Persistent(UPSTREAM_NAMES.get(name, name), state)
 
 
-def _write(path, net, edm2=False, class_name=None, extra=None):
-    config = dict(net.config)
+def _write(path, net, edm2=False, class_name=None, extra=None, drop_kwargs=()):
+    config = {k: v for k, v in net.config.items() if k not in drop_kwargs}
     config.pop("class_name")
     record = _as_persistent(net, config)
     if class_name:
@@ -125,6 +125,7 @@ def _write(path, net, edm2=False, class_name=None, extra=None):
 
 @pytest.fixture
 def write_edm_pickle():
-    """write_edm_pickle(path, net, edm2=False, class_name=None, extra=None): an EDM (dict) or EDM2 (EasyDict
-    with a VAE encoder record) snapshot of `net` whose embedded module source raises if executed."""
+    """write_edm_pickle(path, net, edm2=False, class_name=None, extra=None, drop_kwargs=()): an EDM (dict) or
+    EDM2 (EasyDict with a VAE encoder record) snapshot of `net` whose embedded module source raises if executed;
+    `drop_kwargs` leaves constructor arguments out of the record, as when upstream used their defaults."""
     return _write

@@ -85,6 +85,17 @@ def test_aliases_and_edm2_encoder_info(tmp_path, write_edm_pickle):
     assert meta["encoder"]["scale"] == pytest.approx([0.12, 0.11, 0.13, 0.15])
 
 
+def test_default_backbone_follows_the_source_class(tmp_path, write_edm_pickle):
+    song = build_network(preset("mini"))
+    path = write_edm_pickle(
+        tmp_path / "sida.pkl", song, class_name="EDMPrecond_EncoderDecoder", drop_kwargs=("model_type",)
+    )
+    assert load_edm_pickle(path).config["model_type"] == "SongUNet"  # SiDA's default backbone
+    adm = build_network({**SMALL_ADM, "label_dim": 0})
+    path = write_edm_pickle(tmp_path / "edm.pkl", adm, drop_kwargs=("model_type",))
+    assert load_edm_pickle(path).config["model_type"] == "DhariwalUNet"  # EDM's EDMPrecond default
+
+
 def test_cli_convert_teacher(tmp_path, write_edm_pickle):
     path = write_edm_pickle(tmp_path / "edm.pkl", build_network(preset("mini")))
     out = tmp_path / "t.pt"

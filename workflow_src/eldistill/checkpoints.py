@@ -227,6 +227,15 @@ def collect_state_dict(obj, prefix: str = "") -> dict[str, torch.Tensor]:
     return out
 
 
+# Upstream constructors' default `model_type` (used when a pickle's recorded kwargs leave it out).
+SOURCE_DEFAULT_MODEL_TYPE = {
+    "EDMPrecond": "DhariwalUNet",
+    "EDMPrecond_EncoderDecoder": "SongUNet",  # SiDA
+    "VPPrecond": "SongUNet",
+    "VEPrecond": "SongUNet",
+}
+
+
 def _network_config(record: PersistentRecord, source: str) -> dict[str, Any]:
     from .nets import CLASS_ALIASES, PRECONDS
 
@@ -239,6 +248,8 @@ def _network_config(record: PersistentRecord, source: str) -> dict[str, Any]:
         names = [p for p in inspect.signature(PRECONDS[name]).parameters if p not in ("model_kwargs", "unet_kwargs")]
         kwargs.update(zip(names, args))
     kwargs.pop("class_name", None)
+    if name != "EDM2Precond" and "model_type" not in kwargs:  # the source class's default backbone
+        kwargs["model_type"] = SOURCE_DEFAULT_MODEL_TYPE.get(record.class_name, "SongUNet")
     return jsonable({"class_name": name, **kwargs})
 
 
