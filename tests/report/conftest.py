@@ -28,11 +28,11 @@ def grid_line(experiment, table, cell_id, dataset, res, distiller, el, batch, ar
 
 
 GRID_LINES = [
-    grid_line("main", "main", "sid2a-el", "cifar10", 16, "sid2a", True, 256, 4, 4, "none", 400, MINI, 4),
+    grid_line("main", "main", "sid2a-el", "cifar10", 16, "sid2a", True, 256, 4, 4, "el", 400, MINI, 4),
     grid_line("main", "main", "sid2a-noel", "cifar10", 16, "sid2a", False, 256, "", "", "none", 400, MINI, ""),
-    grid_line("convergence", "curves", "sid2a-el", "cifar10", 16, "sid2a", True, 256, 4, 4, "none", 400, MINI, 4),
+    grid_line("convergence", "curves", "sid2a-el", "cifar10", 16, "sid2a", True, 256, 4, 4, "el", 400, MINI, 4),
     grid_line("convergence", "curves", "sid2a-noel", "cifar10", 16, "sid2a", False, 256, "", "", "none", 400, MINI, ""),
-    grid_line("batch_size", "batch", "sid2a-el", "cifar10", 16, "sid2a", True, 256, 4, 4, "none", 400, MINI, 4),
+    grid_line("batch_size", "batch", "sid2a-el", "cifar10", 16, "sid2a", True, 256, 4, 4, "el", 400, MINI, 4),
     grid_line("batch_size", "batch", "sid2a-noel", "cifar10", 16, "sid2a", False, 256, "", "", "none", 400, MINI, ""),
     grid_line("batch_size", "batch", "bs16-el", "cifar10", 16, "sid2a", True, 16, 4, 4, "none", 400, MINI, ""),
     grid_line("batch_size", "batch", "bs16-noel", "cifar10", 16, "sid2a", False, 16, "", "", "none", 400, MINI, ""),

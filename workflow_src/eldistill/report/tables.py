@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from eldistill.io import read_jsonl
 from eldistill.report.common import (
+    NO_AUX,
     PROTOCOL_COLUMNS,
     RESERVED_TABLES,
     cell_key,
@@ -267,11 +268,13 @@ def _curve(records: pd.DataFrame) -> pd.DataFrame:
 def iteration_reduction(cells: pd.DataFrame, convergence: pd.DataFrame) -> dict | None:
     """Largest % fewer images (= iterations at equal batch) EL needs to reach its EL-off twin's last FID.
 
-    Twins share experiment, dataset, resolution, conditional, distiller, batch, aux_loss and total_images.
+    Twins share experiment, dataset, resolution, conditional, distiller, batch, total_images and auxiliary loss.
     """
-    twin = ["experiment", "dataset", "resolution", "conditional", "distiller", "batch", "aux_loss", "total_images"]
+    # aux_loss "el" names EL itself (the aux-loss comparison): the twin of an EL cell has aux_loss "none"
+    aux = cells["aux_loss"].map(lambda a: "none" if is_missing(a) or str(a).lower() in NO_AUX else str(a))
+    twin = ["experiment", "dataset", "resolution", "conditional", "distiller", "batch", "total_images"]
     found = []
-    for _, group in cells.groupby(twin, dropna=False, sort=False):
+    for _, group in cells.assign(_aux=aux).groupby([*twin, "_aux"], dropna=False, sort=False):
         for _, off in group[~group["el"]].iterrows():
             off_curve = _curve(convergence[convergence["cell_id"] == off["cell_id"]])
             if off_curve.empty:
