@@ -1,0 +1,343 @@
+"""`eldistill train-teacher`: train the miniature EDM teacher on the CPU (anchors A.0).
+
+EDM's denoising loss: ln sigma ~ N(P_mean, P_std^2) = N(-1.2, 1.2^2), y = x + sigma * n, loss =
+lambda(sigma) * ||D(y; sigma, c) - x||^2 with lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma * sigma_data)^2,
+averaged over pixels and batch (EDM sums over pixels; with Adam only the scale of eps differs).
+Adam with a linear learning-rate ramp-up, EDM's half-life EMA (ramped with the images seen), and EDM's
+non-finite-gradient guard.
+
+Work is never lost: the full state (network, EMA, optimizer, random generators, images seen) is written
+atomically to STATE_DIR/teacher-state.pt every --checkpoint-images and on SIGTERM/SIGUSR1 (then exit code
+3, "requeue me"); rerunning the same command continues from it, and a finished run returns at once.
+Training is deterministic for a given seed and thread count: an interrupted run resumes to the same
+weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import PIL.Image
+import torch
+from tqdm import tqdm
+
+from eldistill.checkpoints import save_network
+from eldistill.data import ImageDataset
+from eldistill.generator import to_uint8
+from eldistill.io import append_jsonl, atomic_torch_save, atomic_write_bytes
+from eldistill.nets import build_network, preset
+
+STATE_FORMAT = "eldistill-teacher-state-v1"
+STATE_FILE = "teacher-state.pt"
+LOG_FILE = "log.jsonl"
+EXIT_INTERRUPTED = 3
+
+# Defaults: about 3 minutes for a 16x16 miniature on one CPU core (measured; see the issue note).
+DEFAULTS: dict[str, Any] = {
+    "preset": "mini",
+    "conditional": False,
+    "total_images": 64_000,
+    "batch": 64,
+    "lr": 2e-3,
+    "lr_rampup_images": 6_400,
+    "ema_halflife_images": 4_000,
+    "ema_rampup_ratio": 0.05,
+    "p_mean": -1.2,
+    "p_std": 1.2,
+    "seed": 0,
+}
+# Settings that change the weights; a resumed run must match them (total_images may grow).
+RESULT_KEYS = ("dataset", "network", "batch", "lr", "lr_rampup_images", "ema_halflife_images", "ema_rampup_ratio",
+               "p_mean", "p_std", "seed")  # fmt: skip
+
+
+def edm_loss(net, images, labels, generator, p_mean=-1.2, p_std=1.2) -> torch.Tensor:
+    """EDM's weighted denoising loss per sample, (B,): mean over pixels of lambda(sigma) * (D(x + sigma n) - x)^2."""
+    b = images.shape[0]
+    sigma = (torch.randn(b, generator=generator) * p_std + p_mean).exp()
+    noise = torch.randn(images.shape, generator=generator) * sigma.view(-1, 1, 1, 1)
+    weight = (sigma**2 + net.sigma_data**2) / (sigma * net.sigma_data) ** 2
+    denoised = net(images + noise, sigma, labels)
+    return weight * (denoised - images).square().flatten(1).mean(1)
+
+
+def ema_beta(images_seen: int, batch: int, halflife_images: float, rampup_ratio: float | None) -> float:
+    """EDM's EMA decay per step: the half-life (in images) grows with training until it reaches its set value."""
+    halflife = halflife_images
+    if rampup_ratio:
+        halflife = min(halflife, images_seen * rampup_ratio)
+    return 0.5 ** (batch / max(halflife, 1e-8))
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, min_tile: int = 32) -> Path:
+    """A PNG grid of images in [-1, 1], each tile enlarged (nearest) to at least `min_tile` pixels."""
+    x = to_uint8(images.detach().cpu())
+    scale = max(1, math.ceil(min_tile / x.shape[-1]))
+    x = x.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
+    n, c, h, w = x.shape
+    rows = math.ceil(n / nrow)
+    grid = torch.zeros((c, rows * h, nrow * w), dtype=torch.uint8)
+    for i in range(n):
+        r, k = divmod(i, nrow)
+        grid[:, r * h : (r + 1) * h, k * w : (k + 1) * w] = x[i]
+    array = grid.permute(1, 2, 0).numpy()
+    image = PIL.Image.fromarray(array[:, :, 0] if c == 1 else array[:, :, :3])
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return atomic_write_bytes(buffer.getvalue(), path)
+
+
+def sample_teacher(net, n: int = 64, seed: int = 0, num_steps: int = 18) -> torch.Tensor:
+    """n Heun samples with fixed noise; conditional nets get the classes in turn (0, 1, ..., 0, 1, ...)."""
+    from eldistill.nets.sampler import heun_sample
+
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn((n, net.img_channels, net.img_resolution, net.img_resolution), generator=generator)
+    labels = None
+    if net.label_dim:
+        labels = torch.nn.functional.one_hot(torch.arange(n) % net.label_dim, net.label_dim).to(torch.float32)
+    with torch.no_grad():
+        return heun_sample(net, noise, labels, num_steps=num_steps)
+
+
+class _StopSignal:
+    """Turns SIGTERM/SIGUSR1 into a flag the loop checks after each step (then it saves and exits 3)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def train_teacher(
+    dataset: str | Path,
+    out: str | Path,
+    state_dir: str | Path,
+    preset_name: str = DEFAULTS["preset"],
+    conditional: bool = DEFAULTS["conditional"],
+    total_images: int = DEFAULTS["total_images"],
+    batch: int = DEFAULTS["batch"],
+    lr: float = DEFAULTS["lr"],
+    seed: int = DEFAULTS["seed"],
+    samples_png: str | Path | None = None,
+    lr_rampup_images: int = DEFAULTS["lr_rampup_images"],
+    ema_halflife_images: int = DEFAULTS["ema_halflife_images"],
+    ema_rampup_ratio: float = DEFAULTS["ema_rampup_ratio"],
+    p_mean: float = DEFAULTS["p_mean"],
+    p_std: float = DEFAULTS["p_std"],
+    checkpoint_images: int = 16_000,
+    log_images: int = 1_600,
+    stop_after_images: int | None = None,
+    num_samples: int = 64,
+) -> dict[str, Any]:
+    """Train (or resume, or return at once when finished). Returns {"status": "finished" | "interrupted",
+    "images_seen", "seconds", "out", "state"}. `stop_after_images` ends this call early (state saved, status
+    "interrupted") after that many images, for time-sliced jobs."""
+    for key, value in (("total_images", total_images), ("batch", batch), ("checkpoint_images", checkpoint_images)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"train-teacher: '{key}' must be a positive integer, got {value!r}")
+    if not lr > 0:
+        raise ValueError(f"train-teacher: 'lr' must be positive, got {lr!r}")
+    out, state_dir = Path(out), Path(state_dir)
+    state_path = state_dir / STATE_FILE
+
+    ds = ImageDataset(dataset, preload=True)
+    if conditional and ds.label_dim == 0:
+        raise ValueError(f"train-teacher: --conditional needs class labels, but {dataset} has no dataset.json labels")
+    network = preset(
+        preset_name,
+        img_resolution=ds.resolution,
+        img_channels=ds.channels,
+        label_dim=ds.label_dim if conditional else 0,
+    )
+    settings = {
+        "dataset": str(Path(dataset).resolve()),
+        "network": network,
+        "batch": batch,
+        "lr": lr,
+        "lr_rampup_images": lr_rampup_images,
+        "ema_halflife_images": ema_halflife_images,
+        "ema_rampup_ratio": ema_rampup_ratio,
+        "p_mean": p_mean,
+        "p_std": p_std,
+        "seed": seed,
+    }
+
+    torch.manual_seed(seed)
+    net = build_network(network)
+    ema = build_network(network)
+    ema.load_state_dict(net.state_dict())
+    ema.requires_grad_(False).eval()
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    generator = torch.Generator().manual_seed(seed)
+    images_seen, seconds = 0, 0.0
+
+    if state_path.exists():
+        state = _read_state(state_path)
+        for key in RESULT_KEYS:
+            if state["settings"].get(key) != settings[key]:
+                raise ValueError(
+                    f"{state_path}: saved '{key}' = {state['settings'].get(key)!r} differs from this run's "
+                    f"{settings[key]!r}; use another --state-dir or delete the state to start over"
+                )
+        net.load_state_dict(state["net"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        images_seen, seconds = int(state["images_seen"]), float(state["seconds"])
+
+    def save_state():
+        atomic_torch_save(
+            {
+                "format": STATE_FORMAT,
+                "settings": settings,
+                "images_seen": images_seen,
+                "seconds": seconds,
+                "net": net.state_dict(),
+                "ema": ema.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+            },
+            state_path,
+        )
+
+    result = {"images_seen": images_seen, "out": str(out), "state": str(state_path)}
+    if images_seen >= total_images and out.exists() and (samples_png is None or Path(samples_png).exists()):
+        return {**result, "status": "finished", "seconds": seconds}
+
+    net.train()
+    stop_at = total_images if stop_after_images is None else min(total_images, images_seen + stop_after_images)
+    next_checkpoint = (images_seen // checkpoint_images + 1) * checkpoint_images
+    next_log = (images_seen // log_images + 1) * log_images
+    status = "finished"
+    bar = tqdm(total=total_images, initial=min(images_seen, total_images), unit="img", desc="train-teacher")
+    with bar, _StopSignal() as stop:  # also covers the final writes: a signal there waits for them
+        while images_seen < stop_at:
+            start = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = lr * min(1.0, (images_seen + batch) / max(lr_rampup_images, 1))
+            images, labels = ds.sample(batch, generator)
+            loss = edm_loss(net, images, labels if conditional else None, generator, p_mean, p_std).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for p in net.parameters():
+                if p.grad is not None:
+                    torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+            optimizer.step()
+            images_seen += batch
+            beta = ema_beta(images_seen, batch, ema_halflife_images, ema_rampup_ratio)
+            with torch.no_grad():
+                for p_ema, p_net in zip(ema.parameters(), net.parameters()):
+                    p_ema.lerp_(p_net, 1 - beta)
+                for b_ema, b_net in zip(ema.buffers(), net.buffers()):
+                    b_ema.copy_(b_net)
+            seconds += time.perf_counter() - start
+            bar.update(batch)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if images_seen >= next_log or images_seen >= stop_at:
+                record = {"images_seen": images_seen, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}
+                append_jsonl({**record, "seconds": round(seconds, 3)}, state_dir / LOG_FILE)
+                next_log += log_images
+            if images_seen >= next_checkpoint:
+                save_state()
+                next_checkpoint += checkpoint_images
+            if stop.received is not None:
+                print(f"train-teacher: signal {stop.received}: saving the state; rerun to resume", file=sys.stderr)
+                status = "interrupted"
+                break
+        save_state()
+        if status == "finished" and images_seen < total_images:
+            status = "interrupted"
+        result.update(images_seen=images_seen, seconds=seconds, status=status)
+        if status != "finished":
+            return result
+
+        meta = {
+            "kind": "teacher",
+            "dataset": str(Path(dataset).resolve()),
+            "images_seen": images_seen,
+            "preset": preset_name,
+            "conditional": bool(conditional),
+            "seed": seed,
+            "train_seconds": round(seconds, 1),
+        }
+        save_network(out, ema, meta=meta)
+        if samples_png is not None:
+            save_grid(sample_teacher(ema, num_samples, seed=seed), samples_png)
+        return result
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file
+        raise ValueError(f"{path}: not a readable teacher training state ({e}); delete it to start over") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path}: not a teacher training state (format {STATE_FORMAT!r} expected)")
+    return state
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = DEFAULTS
+    parser.add_argument("--dataset", required=True, help="EDM-layout zip or folder (eldistill make-dataset)")
+    parser.add_argument("--out", required=True, help="teacher network file (.pt, the EMA weights)")
+    parser.add_argument("--state-dir", required=True, help="resumable training state (outside workflow outputs)")
+    parser.add_argument("--preset", default=d["preset"], help="network preset of eldistill.nets.PRESETS")
+    parser.add_argument("--conditional", action="store_true", help="class-conditional (label_dim from the dataset)")
+    parser.add_argument("--total-images", type=int, default=d["total_images"], help="training length in images")
+    parser.add_argument("--batch", type=int, default=d["batch"])
+    parser.add_argument("--lr", type=float, default=d["lr"], help="Adam learning rate after the ramp-up")
+    parser.add_argument("--lr-rampup-images", type=int, default=d["lr_rampup_images"])
+    parser.add_argument("--ema-halflife-images", type=int, default=d["ema_halflife_images"])
+    parser.add_argument("--seed", type=int, default=d["seed"])
+    parser.add_argument("--samples-png", default=None, help="write an 8x8 grid of Heun samples of the teacher")
+    parser.add_argument("--checkpoint-images", type=int, default=16_000, help="save the state this often")
+    parser.add_argument("--stop-after-images", type=int, default=None, help="end this call early (exit 3)")
+
+
+def run(args: argparse.Namespace) -> int:
+    result = train_teacher(
+        args.dataset,
+        args.out,
+        args.state_dir,
+        preset_name=args.preset,
+        conditional=args.conditional,
+        total_images=args.total_images,
+        batch=args.batch,
+        lr=args.lr,
+        seed=args.seed,
+        samples_png=args.samples_png,
+        lr_rampup_images=args.lr_rampup_images,
+        ema_halflife_images=args.ema_halflife_images,
+        checkpoint_images=args.checkpoint_images,
+        stop_after_images=args.stop_after_images,
+    )
+    if result["status"] != "finished":
+        print(f"train-teacher: stopped at {result['images_seen']} images; rerun to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"train-teacher: {result['out']} ({result['images_seen']} images, {result['seconds']:.0f} s of training)")
+    return 0
