@@ -96,3 +96,21 @@ def test_refused_before_submission(slurm_cluster, make_cell, tmp_path):
     with pytest.raises(ValueError, match="partition 'nosuch' does not exist"):
         launch([cell], partition="nosuch", folder=tmp_path / "logs")
     assert not (tmp_path / "logs").exists(), "nothing was submitted"
+
+
+def test_two_srun_tasks_train_one_cell_with_ddp(slurm_cluster, make_cell, tmp_path):
+    """The multi-node path on one node: srun starts one task per process, each finds its rank in SLURM's
+    variables; the result equals a single-process run up to summation order."""
+    cell = make_cell("ddp")
+    part = slurm_cluster["partition"]
+    (job,) = launch([cell], partition=part, folder=tmp_path / "logs", cpus_per_task=1, cpu_tasks=2)
+    assert job.num_tasks == 2
+    (result,) = wait([job], [cell], poll_s=0.5, timeout_s=300)
+    assert "error" not in result, result
+    assert "global_rank=1(2)" in job.task(1).stdout(), "the second srun task ran"
+    assert cell.batch_gpu == 2  # 4 images per iteration split over 2 processes
+    reference = make_cell("single")
+    train(reference)
+    got, want = weights(cell.run_dir), weights(reference.run_dir)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=key)

@@ -133,16 +133,26 @@ class Request:
     runtime_min: int
     mem_mb: int
     cpus_per_task: int
+    cpu_tasks: int = 1  # CPU-only cells: DDP processes (gloo), one srun task each
 
     @property
-    def tasks_per_node(self) -> int:  # one task per GPU across nodes; one task (torchrun inside) on one node
+    def tasks_per_node(self) -> int:
+        """One task per GPU across nodes; one task (torchrun inside) on one node; cpu_tasks without GPUs."""
+        if not self.gpus:
+            return self.cpu_tasks
         return self.gpus // self.nodes if self.nodes > 1 else 1
 
+    @property
+    def world_size(self) -> int:
+        return self.gpus or self.cpu_tasks
+
     def key(self) -> tuple:
-        return (self.gpus, self.nodes, self.runtime_min, self.mem_mb, self.cpus_per_task)
+        return (self.gpus, self.nodes, self.runtime_min, self.mem_mb, self.cpus_per_task, self.cpu_tasks)
 
 
-def plan_cell(cell: Cell, part: Partition, gpus: int | None = None, cpus_per_gpu: int = 8, cpus: int = 2) -> Request:
+def plan_cell(
+    cell: Cell, part: Partition, gpus: int | None = None, cpus_per_gpu: int = 8, cpus: int = 2, cpu_tasks: int = 1
+) -> Request:
     """plan() for a cell on a partition, or the user's GPU count; refused here when the partition cannot give it."""
     resolution, params = teacher_shape(cell.teacher)
     dataset = str(cell.labels.get("dataset") or Path(cell.dataset).stem)
@@ -165,10 +175,17 @@ def plan_cell(cell: Cell, part: Partition, gpus: int | None = None, cpus_per_gpu
     req = Request(p["gpus"], p["nodes"], p["batch_gpu"], p["runtime_min"], p["mem_mb"], cpus)
     if req.gpus:
         req.cpus_per_task = cpus_per_gpu * (per_node if req.nodes == 1 else 1)
+    else:
+        if not isinstance(cpu_tasks, int) or cpu_tasks < 1 or cpu_tasks * cpus > part.cpus_per_node:
+            raise ValueError(
+                f"cell {cell.cell_id}: 'cpu_tasks' = {cpu_tasks} x {cpus} CPU(s) does not fit a node of partition "
+                f"'{part.name}' ({part.cpus_per_node} CPUs)"
+            )
+        req.cpu_tasks = cpu_tasks
+        req.batch_gpu = cell.batch // cpu_tasks if cell.batch % cpu_tasks == 0 else cell.batch
     req.cpus_per_task = max(1, min(req.cpus_per_task, part.cpus_per_node // req.tasks_per_node or 1))
-    world = req.gpus or 1
     cell.batch_gpu = cell.batch_gpu or req.batch_gpu
-    cell.validate(f"cell {cell.cell_id}", world_size=world, check_files=True)
+    cell.validate(f"cell {cell.cell_id}", world_size=req.world_size, check_files=True)
     return req
 
 
@@ -177,11 +194,10 @@ class TrainCell(submitit.helpers.Checkpointable):
     """The job's callable: runs the training process, stops it cleanly on preemption or time-out and
     requeues the job (bounded), so the next start resumes from the saved state."""
 
-    def __init__(self, cell_path: str, nproc: int = 1, max_requeues: int = 3, command: list[str] | None = None):
+    def __init__(self, cell_path: str, nproc: int = 1, max_requeues: int = 3):
         self.cell_path = str(cell_path)
         self.nproc = nproc  # > 1: torchrun --standalone on this node
         self.max_requeues = max_requeues
-        self.command = command  # None: eldistill train; tests pass a stand-in with the same contract
         self._proc: subprocess.Popen | None = None
         self._stopping = False
 
@@ -192,8 +208,6 @@ class TrainCell(submitit.helpers.Checkpointable):
         self.__dict__.update(state, _proc=None, _stopping=False)
 
     def train_command(self) -> list[str]:
-        if self.command:
-            return [*self.command, self.cell_path]
         train = ["-m", "eldistill.cli", "train", "--config", self.cell_path]
         if self.nproc > 1:
             return [
@@ -259,7 +273,7 @@ class TrainCell(submitit.helpers.Checkpointable):
 
     def _training_pids(self) -> list[int]:
         """The training process, or torchrun's workers (torchrun itself would die of SIGUSR1)."""
-        if self.nproc <= 1 or self.command:
+        if self.nproc <= 1:
             return [self._proc.pid]
         children = []
         for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -278,7 +292,7 @@ class TrainCell(submitit.helpers.Checkpointable):
         if restarts >= self.max_requeues:
             return None
         return submitit.helpers.DelayedSubmission(
-            TrainCell(self.cell_path, self.nproc, self.max_requeues, self.command)
+            TrainCell(self.cell_path, self.nproc, self.max_requeues)
         )
 
 
@@ -294,9 +308,9 @@ def launch(
     gpus: int | None = None,
     timeout_min: int | None = None,
     cpus_per_task: int = 2,
+    cpu_tasks: int = 1,
     signal_delay_s: int = 90,
     dry_run: bool = False,
-    command: list[str] | None = None,
 ) -> list:
     """Submit cells to SLURM; returns one submitit job per cell (in order), or, with dry_run, the
     (cell, Request) pairs that would be submitted. Every check happens before anything is submitted."""
@@ -309,7 +323,7 @@ def launch(
     part = read_partition(partition)
     planned = []
     for cell in loaded:
-        req = plan_cell(cell, part, gpus=gpus, cpus=cpus_per_task)
+        req = plan_cell(cell, part, gpus=gpus, cpus=cpus_per_task, cpu_tasks=cpu_tasks)
         if timeout_min is not None:
             req.runtime_min = timeout_min
         planned.append((cell, req))
@@ -344,7 +358,7 @@ def launch(
             cell_path = Path(cell.state_dir) / LAUNCH_CELL_NAME
             cell.save(cell_path)
             nproc = req.gpus if req.nodes == 1 and req.gpus > 1 else 1
-            fns.append(TrainCell(str(cell_path.resolve()), nproc, max_requeues, command))
+            fns.append(TrainCell(str(cell_path.resolve()), nproc, max_requeues))
         if len(fns) == 1:
             submitted = [executor.submit(fns[0])]
         else:
@@ -410,6 +424,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", type=int, help="override the planned GPU count (nodes follow)")
     parser.add_argument("--timeout-min", type=int, help="override the planned wall-clock limit per job")
     parser.add_argument("--cpus-per-task", type=int, default=2, help="CPUs of a CPU-only cell (GPU cells: 8 per GPU)")
+    parser.add_argument("--cpu-tasks", type=int, default=1, help="CPU-only cells: DDP processes (srun tasks)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
 
 
@@ -425,6 +440,7 @@ def run(args: argparse.Namespace) -> int:
             gpus=args.gpus,
             timeout_min=args.timeout_min,
             cpus_per_task=args.cpus_per_task,
+            cpu_tasks=args.cpu_tasks,
             dry_run=args.dry_run,
         )
     except ValueError as e:
