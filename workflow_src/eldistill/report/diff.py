@@ -38,6 +38,7 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
+from eldistill.io import atomic_write_bytes
 from eldistill.report.common import PAPER_PROTOCOL, cell_key, parse_bool, read_csv
 
 STATUSES = ("MATCH", "WITHIN_TOL", "BETTER", "WORSE", "MISSING_OURS", "MISSING_PAPER", "NOT_COMPARABLE")
@@ -263,8 +264,8 @@ def make_diff(
     diff = pd.DataFrame(rows, columns=list(DIFF_COLUMNS))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    diff.to_csv(out_dir / "diff.csv", index=False)
-    (out_dir / "diff.md").write_text(markdown(diff, reported_path, tables_dir))
+    atomic_write_bytes(diff.to_csv(index=False).encode(), out_dir / "diff.csv")
+    atomic_write_bytes(markdown(diff, reported_path, tables_dir).encode(), out_dir / "diff.md")
     return diff
 
 

@@ -27,14 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from eldistill.io import read_jsonl
+from eldistill.io import atomic_write_bytes, read_jsonl
 from eldistill.report.common import (
     NO_AUX,
     PROTOCOL_COLUMNS,
@@ -364,10 +363,10 @@ def _latex(name: str, df: pd.DataFrame) -> str:
     )
 
 
-def _write(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def _write(content: str | pd.DataFrame, path: Path) -> None:
+    """Atomically: a killed job never leaves a half-written table."""
+    text = content.to_csv(index=False) if isinstance(content, pd.DataFrame) else content
+    atomic_write_bytes(text.encode(), path)
 
 
 def make_tables(
@@ -389,7 +388,7 @@ def make_tables(
             cache[cell_id] = read_cell(runs_dir / cell_id, cell_id, g["protocol"])
             sample = runs_dir / cell_id / "samples.png"
             if sample.is_file():
-                shutil.copyfile(sample, out_dir / "samples" / f"{cell_id}.png")
+                atomic_write_bytes(sample.read_bytes(), out_dir / "samples" / f"{cell_id}.png")
         result, records = cache[cell_id]
         row = {**g.to_dict(), **result}
         if (runs_dir / cell_id / "samples.png").is_file():
@@ -417,17 +416,15 @@ def make_tables(
 
     for name in dict.fromkeys(cells["table"]):  # first-appearance order
         df = cells[cells["table"] == name]
-        df.to_csv(out_dir / f"{name}.csv", index=False)
+        _write(df, out_dir / f"{name}.csv")
         _write(_markdown(name, df), out_dir / f"{name}.md")
         _write(_latex(name, df), out_dir / f"{name}.tex")
-    cells.to_csv(out_dir / "cells.csv", index=False)
-    convergence.to_csv(out_dir / "convergence.csv", index=False)
+    _write(cells, out_dir / "cells.csv")
+    _write(convergence, out_dir / "convergence.csv")
     claims = [c for c in (iteration_reduction(cells, convergence), diversity_gain(cells)) if c]
-    pd.DataFrame(claims, columns=["key", "metric", "value", "protocol", "detail"]).to_csv(
-        out_dir / "claims.csv", index=False
-    )
+    _write(pd.DataFrame(claims, columns=["key", "metric", "value", "protocol", "detail"]), out_dir / "claims.csv")
     if gradvar_path:
-        tidy_gradvar(gradvar_path).to_csv(out_dir / "gradvar.csv", index=False)
+        _write(tidy_gradvar(gradvar_path), out_dir / "gradvar.csv")
     return cells
 
 
