@@ -133,6 +133,16 @@ def test_distributed_env_from_srun(nodes, tasks_per_node, hostlist, master):
     assert {e["master_addr"] for e in envs} == {master}
     assert {e["master_port"] for e in envs} == {20000 + 4711 % 40000}, "all tasks agree on one port"
     assert {e["source"] for e in envs} == {"slurm"}
+    assert [e["device_index"] for e in envs] == [e["local_rank"] for e in envs], "each task sees its node's GPUs"
+
+
+def test_distributed_env_task_bound_to_one_gpu_uses_device_0():
+    # --ntasks-per-gpu=1 binds each task to one GPU: local rank 3 sees only its GPU, as device 0
+    env = srun_env(5, 2, 4, 7, "gpu[1-2]")
+    d = distributed_env(dict(env, CUDA_VISIBLE_DEVICES="3"))
+    assert (d["local_rank"], d["device_index"]) == (3, 0)
+    d = distributed_env(dict(env, CUDA_VISIBLE_DEVICES="0,1,2,3"))
+    assert d["device_index"] == 3
 
 
 def test_distributed_env_two_jobs_on_one_node_get_different_ports():
@@ -156,6 +166,7 @@ def test_distributed_env_torchrun_wins_over_slurm():
         "master_addr": "127.0.0.1",
         "master_port": 29400,
         "source": "torchrun",
+        "device_index": 3,
     }
     assert torch_env(d) == {
         "RANK": "3",

@@ -216,10 +216,21 @@ def master_port_for_job(job_id: str) -> int:
 
 
 def distributed_env(env: Mapping[str, str] | None = None) -> dict:
-    """rank, local_rank, world_size, local_world_size, node_rank, master_addr, master_port and the source
-    ("torchrun", "slurm" or "single"), from torchrun's variables when present, else SLURM's srun task
-    variables, else a single process. A pure function of `env` (default os.environ)."""
+    """rank, local_rank, world_size, local_world_size, node_rank, master_addr, master_port, device_index and
+    the source ("torchrun", "slurm" or "single"), from torchrun's variables when present, else SLURM's srun
+    task variables, else a single process. A pure function of `env` (default os.environ).
+
+    device_index is the CUDA device to use among the visible ones: local_rank when the task sees all of its
+    node's GPUs, 0 when SLURM bound the task to one GPU (--ntasks-per-gpu / --gpu-bind set
+    CUDA_VISIBLE_DEVICES to a single device)."""
     env = os.environ if env is None else env
+    d = _derive(env)
+    visible = [v for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    d["device_index"] = 0 if len(visible) == 1 else d["local_rank"]
+    return d
+
+
+def _derive(env: Mapping[str, str]) -> dict:
     if "RANK" in env and "WORLD_SIZE" in env:  # torchrun (also torchrun --standalone inside a SLURM job)
         world = _env_int(env, "WORLD_SIZE")
         local_world = _env_int(env, "LOCAL_WORLD_SIZE", world)
