@@ -2,10 +2,12 @@
 the batch B (the paper's O(1/K) and O(1/B) claims), on a pair of synthetic image distributions.
 
 The toy. Real images: x = tanh(m + 0.8 n), with m a fixed smooth pattern and n smooth Gaussian noise
-(a 4x4 Gaussian field upsampled bilinearly). Generator: x = tanh(theta + 0.5 n) with theta = 0, a
-(C, R, R) offset whose EL gradient we measure. One draw = B fresh real images, B fresh generated images
-and K embedders whose families and seeds are drawn at random, i.e. an independent sample of the
-stochastic EL gradient. The variance of a cell (K, B) is the mean over the C*R*R coordinates of the
+(an 8x8 Gaussian field upsampled bilinearly). The pattern is faint (the two distributions are near, as
+when EL supplements a distiller), so mini-batch noise is not swamped by the embedder-to-embedder spread.
+Generator: x = tanh(theta + 0.5 n) with theta = 0, a (C, R, R) offset whose EL gradient we measure.
+One draw = B fresh real images, B fresh generated images and K embedders whose families and seeds are
+drawn at random, i.e. an independent sample of the stochastic EL gradient.
+The variance of a cell (K, B) is the mean over the C*R*R coordinates of the
 unbiased variance across `repeats` draws (the trace of the covariance divided by the dimension).
 
 The EL gradient with K embedders is the mean of K per-embedder gradients, so each (B, draw) computes
@@ -31,8 +33,8 @@ from .loss import embedder_mmd2
 
 
 def smooth_noise(b: int, channels: int, resolution: int, gen: torch.Generator) -> torch.Tensor:
-    """Unit-scale smooth Gaussian fields: 4x4 white noise upsampled bilinearly to the resolution."""
-    coarse = torch.randn(b, channels, 4, 4, generator=gen)
+    """Smooth Gaussian fields: 8x8 white noise upsampled bilinearly to the resolution."""
+    coarse = torch.randn(b, channels, 8, 8, generator=gen)
     return F.interpolate(coarse, size=(resolution, resolution), mode="bilinear", align_corners=False) * 1.5
 
 
@@ -40,16 +42,17 @@ def real_pattern(channels: int, resolution: int) -> torch.Tensor:
     """The real distribution's mean: a diagonal ramp plus a soft blob, differing per channel."""
     t = torch.linspace(-1, 1, resolution)
     yy, xx = torch.meshgrid(t, t, indexing="ij")
-    chans = [0.5 * (xx + yy) / 2 * (-1) ** c + 0.6 * torch.exp(-(xx**2 + yy**2) * (2 + c)) for c in range(channels)]
+    chans = [0.15 * (xx + yy) / 2 * (-1) ** c + 0.2 * torch.exp(-(xx**2 + yy**2) * (2 + c)) for c in range(channels)]
     return torch.stack(chans)
 
 
-def _draw_embedders(k: int, families: Sequence[str], channels: int, resolution: int, gen: torch.Generator) -> list:
+def _draw_embedders(k: int, families: Sequence[str], channels: int, resolution: int, gen, device="cpu") -> list:
     """k embedders with families and seeds drawn at random from `gen` (i.i.d. draws from the zoo)."""
     out = []
     for _ in range(k):
         family = families[int(torch.randint(len(families), (1,), generator=gen))]
-        out.append(build_embedder(family, int(torch.randint(2**31 - 1, (1,), generator=gen)), channels, resolution))
+        seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
+        out.append(build_embedder(family, seed, channels, resolution).to(device))
     return out
 
 
@@ -79,12 +82,14 @@ def gradient_variance(
     bandwidth_mode: str = "median",
     estimator: str = "unbiased",
     fixed_embedders: bool = False,
+    device: str = "cpu",
 ) -> pd.DataFrame:
     """One row per (K, B): the EL-gradient variance and the settings that produced it.
 
     fixed_embedders=False (default) draws new embedders for every draw: the variance over embedders and
     batches, the quantity of the O(1/K) + O(1/B) claim. True draws them once from `seed` and varies only
-    the batches: the mini-batch variance for one fixed ensemble."""
+    the batches: the mini-batch variance for one fixed ensemble. Random draws come from CPU generators,
+    so the toy is the same on every device."""
     ks, batches = _parse_ints(ks, "ks"), _parse_ints(batches, "batches")
     if repeats < 2:
         raise ValueError(f"repeats must be at least 2 to estimate a variance, got {repeats}")
@@ -97,22 +102,24 @@ def gradient_variance(
         raise ValueError(f"families has {unknown or 'none'}; choose from {', '.join(FAMILIES)}")
     kmax, dim = max(ks), channels * resolution * resolution
     pattern = real_pattern(channels, resolution)
-    fixed = _draw_embedders(kmax, families, channels, resolution, torch.Generator().manual_seed(seed))
+    fixed = _draw_embedders(kmax, families, channels, resolution, torch.Generator().manual_seed(seed), device)
     rows = []
     bar = tqdm(total=len(batches) * repeats, desc="gradvar", unit="draw")
     for b in batches:
         grads = {k: [] for k in ks}
         for r in range(repeats):
             gen = torch.Generator().manual_seed(seed * 1_000_003 + b * 1009 + r)
-            x_real = torch.tanh(pattern + 0.8 * smooth_noise(b, channels, resolution, gen))
-            theta = torch.zeros(channels, resolution, resolution, requires_grad=True)
-            x_gen = torch.tanh(theta + 0.5 * smooth_noise(b, channels, resolution, gen))
-            embedders = fixed if fixed_embedders else _draw_embedders(kmax, families, channels, resolution, gen)
+            x_real = torch.tanh(pattern + 0.8 * smooth_noise(b, channels, resolution, gen)).to(device)
+            theta = torch.zeros(channels, resolution, resolution, device=device, requires_grad=True)
+            x_gen = torch.tanh(theta + 0.5 * smooth_noise(b, channels, resolution, gen).to(device))
+            embedders = fixed
+            if not fixed_embedders:
+                embedders = _draw_embedders(kmax, families, channels, resolution, gen, device)
             per = []
             for emb in embedders:
                 value = embedder_mmd2(emb, x_gen, x_real, bandwidths, bandwidth_mode, estimator)
                 per.append(torch.autograd.grad(value, theta, retain_graph=True)[0].flatten())
-            per = torch.stack(per).double()
+            per = torch.stack(per).double().cpu()
             for k in ks:
                 grads[k].append(per[:k].mean(0))
             bar.update()
@@ -158,15 +165,17 @@ def slopes(df: pd.DataFrame) -> dict[str, float]:
 
 
 def additive_fit(df: pd.DataFrame) -> dict[str, float]:
-    """Non-negative least squares of variance = a/K + b/B + c: the paper's O(1/K) + O(1/B) form."""
+    """Non-negative least squares of variance = a/K + b/B + d/(K B) + c: the paper's O(1/K) + O(1/B)
+    terms, plus the batch noise that each embedder sees independently (d) and a floor (c)."""
     from scipy.optimize import nnls
 
-    design = np.column_stack([1.0 / df["K"], 1.0 / df["B"], np.ones(len(df))])
+    design = np.column_stack([1.0 / df["K"], 1.0 / df["B"], 1.0 / (df["K"] * df["B"]), np.ones(len(df))])
     coef, _ = nnls(design, df["variance"].to_numpy(float))
     pred = design @ coef
     resid = df["variance"].to_numpy(float) - pred
     r2 = 1.0 - float(resid @ resid) / float(((df["variance"] - df["variance"].mean()) ** 2).sum())
-    return {"a_over_K": float(coef[0]), "b_over_B": float(coef[1]), "c": float(coef[2]), "r2": r2}
+    names = ("a_over_K", "b_over_B", "d_over_KB", "c")
+    return {**{n: float(v) for n, v in zip(names, coef)}, "r2": r2}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -182,6 +191,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="draw the embedders once and vary only the batches (default: new embedders every draw)",
     )
+    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -193,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
         channels=args.channels,
         seed=args.seed,
         fixed_embedders=args.fixed_embedders,
+        device=("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device,
     )
     atomic_write_bytes(df.to_csv(index=False).encode(), Path(args.out))
     print(df[["K", "B", "variance", "mean_grad_sq", "relative_variance"]].to_string(index=False))
@@ -202,8 +213,8 @@ def run(args: argparse.Namespace) -> int:
     if len(df) >= 3:
         fit = additive_fit(df)
         print(
-            f"fit variance = a/K + b/B + c: a={fit['a_over_K']:.3g} b={fit['b_over_B']:.3g} c={fit['c']:.3g} "
-            f"(R^2 {fit['r2']:.3f})"
+            f"fit variance = a/K + b/B + d/(KB) + c: a={fit['a_over_K']:.3g} b={fit['b_over_B']:.3g} "
+            f"d={fit['d_over_KB']:.3g} c={fit['c']:.3g} (R^2 {fit['r2']:.3f})"
         )
     print(f"wrote {args.out}")
     return 0
