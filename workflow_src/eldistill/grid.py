@@ -330,8 +330,9 @@ def build_grid(config: dict[str, Any], schema_path: str | Path | None = None) ->
             cell_where = where + (f" {combo}" if combo else "") + (f".variants[{v}]" if variant else "")
             teacher = settings.get("teacher", experiment["teacher"])
             if teacher not in config["teachers"]:
+                key = f"{cell_where}.teacher" if "teacher" in settings else f"{where}.teacher"
                 known = ", ".join(sorted(config["teachers"]))
-                raise ConfigError(f"config: {cell_where}.teacher: unknown teacher '{teacher}'; known: {known}")
+                raise ConfigError(f"config: {key}: unknown teacher '{teacher}'; known: {known}")
             init_cell = None
             if settings.get("distiller") == "sid2a":
                 # SiD2A = SiDA started from the SiD generator of the same settings (distillers.sid2a's own
