@@ -123,7 +123,10 @@ def test_interrupted_run_resumes_to_the_same_weights_and_a_finished_run_returns_
 
 
 def test_resume_refuses_a_changed_setting_naming_it(digits8, tmp_path):
+    torch.manual_seed(123)
+    caller_stream = torch.get_rng_state()
     train_teacher(digits8, tmp_path / "t.pt", tmp_path / "s", stop_after_images=16, **SMALL)
+    assert torch.equal(torch.get_rng_state(), caller_stream)  # training seeds its own stream, not the caller's
     with pytest.raises(ValueError, match="'lr'"):
         train_teacher(digits8, tmp_path / "t.pt", tmp_path / "s", **{**SMALL, "lr": 1e-4})
 

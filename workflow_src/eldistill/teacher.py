@@ -16,6 +16,7 @@ weights as an uninterrupted one.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import math
 import signal
@@ -131,6 +132,18 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
+def _own_rng(fn):
+    """Run `fn` on a forked global torch RNG: seeding the training must not change the caller's stream."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_own_rng
 def train_teacher(
     dataset: str | Path,
     out: str | Path,
