@@ -82,7 +82,10 @@ def test_miniature_markdown_says_not_comparable(tables):
     header = text.split("|", 1)[0]
     assert "miniature protocol" in header and "NOT comparable" in header
     assert "2 cells, 2 with a final FID" in header
-    assert "NOT comparable" in (tables / "main.tex").read_text()
+    latex = (tables / "main.tex").read_text()
+    assert "NOT comparable" in latex
+    # 105 s x 4 GPUs = 420 GPU s = 0.12 GPU h; FIDs with the paper's three decimals
+    assert r"cifar10 16 & sid2a & on & 256 & 4x4 & el & 1.900 & 2.000 & 400 & 0.12 & ok \\" in latex
 
 
 def test_shared_cell_appears_in_both_experiments_with_one_number(tables):

@@ -327,13 +327,16 @@ def diversity_gain(cells: pd.DataFrame) -> dict | None:
 
 # --- writing ------------------------------------------------------------------------------------------
 def _display(df: pd.DataFrame) -> pd.DataFrame:
-    """The columns shown in Markdown/LaTeX, as text: counts as integers, FIDs with 3 decimals, '' if missing."""
+    """The columns shown in Markdown/LaTeX, as text: counts as integers, FIDs with 3 decimals (4 significant
+    digits below 1), '' if missing."""
     shown = df[list(DISPLAY_COLUMNS)].copy()
-    formats = {"fid": "{:.3f}", "fid_best_snapshot": "{:.3f}", "wall_seconds": "{:.0f}", "gpu_seconds": "{:.0f}"}
+    formats = {"wall_seconds": "{:.0f}", "gpu_seconds": "{:.0f}"}
     for col in ("resolution", "batch", "n_archs", "inits_per_arch", "images_seen", "num_samples"):
         formats[col] = "{:.0f}"
     for col, fmt in formats.items():
         shown[col] = [fmt.format(float(v)) if not is_missing(v) and not pd.isna(v) else "" for v in shown[col]]
+    for col in ("fid", "fid_best_snapshot"):  # the paper's 3 decimals; small miniature FIDs keep 4 digits
+        shown[col] = ["" if pd.isna(v) else f"{v:.3f}" if abs(v) >= 1 else f"{v:.4g}" for v in df[col].astype(float)]
     return shown.astype(object).where(shown.notna(), "")
 
 
@@ -353,7 +356,28 @@ def _markdown(name: str, df: pd.DataFrame) -> str:
 
 
 def _latex(name: str, df: pd.DataFrame) -> str:
-    shown = _display(df).rename(columns=lambda c: c.replace("_", " "))
+    """A paper-width table: the settings that vary, FIDs, cost; the protocol in the caption (and as a column
+    when the rows mix protocols)."""
+    text = _display(df)
+    shown = pd.DataFrame(
+        {
+            "dataset": text["dataset"] + text["resolution"].map(lambda r: f" {r}" if r else ""),
+            "distiller": text["distiller"],
+            "EL": df["el"].map(lambda e: "on" if e else "off").to_numpy(),
+            "batch": text["batch"],
+            "embedders": [
+                f"{a}x{i}" if e and a else "" for e, a, i in zip(df["el"], text["n_archs"], text["inits_per_arch"])
+            ],
+            "aux": text["aux_loss"],
+            "FID": text["fid"],
+            "best snapshot": text["fid_best_snapshot"],
+            "images": text["images_seen"],
+            "GPU h": [f"{v / 3600:.2f}" if not pd.isna(v) else "" for v in df["gpu_seconds"]],
+            "status": text["status"],
+        }
+    )
+    if df["protocol"].nunique() > 1:
+        shown["protocol"] = text["protocol"].to_numpy()
     return shown.to_latex(
         index=False,
         escape=True,
