@@ -172,3 +172,27 @@ def test_cli_evaluate_final(run, classifier, mini_reference, capsys):
     (final,) = [r for r in read_jsonl(run_dir / "fid.jsonl") if r["kind"] == "final"]
     assert final["aggregation"] == "final" and final["checkpoint"] == str(run_dir / "generator.pt")
     assert json.loads(json.dumps(final)) == final
+
+
+def test_paper_protocol_plumbing_with_a_stand_in_detector(run, digits, fake_detector, tmp_path, monkeypatch):
+    """The Inception route end to end (ref-stats -> evaluate) with the detector's interface but not its weights;
+    the 50,000-image rule is lifted for this test only, so the FID value itself means nothing."""
+    from eldistill.metrics import protocols
+    from eldistill.metrics.refstats import reference_stats
+
+    run_dir, _, nets = run
+    ref_path = tmp_path / "paper-ref.npz"
+    info = reference_stats(digits, PAPER, ref_path, feature_net=fake_detector, batch_size=512)
+    assert info["feature_net"].startswith("tf-inception-2015-12-05:") and info["num_images"] == 1797
+    small = protocols.Protocol(PAPER, None, 64, True, "test-only")
+    monkeypatch.setitem(protocols.PROTOCOLS, PAPER, small)
+    final = ev.evaluate_run(run_dir, PAPER, ref_path, feature_net=fake_detector, batch_size=64)
+    assert final["protocol"] == PAPER and final["paper_comparable"] is True and final["num_samples"] == 64
+    assert final["feature_net"] == info["feature_net"] and final["reference"].startswith("paper-ref.npz:")
+    # closed form: the stand-in's features are W m + b for per-channel means m; greyscale gives m = (g, g, g),
+    # so both feature clouds lie on the line b + g W.sum(1), and FID = |w|^2 ((mean diff)^2 + (std diff)^2)
+    w = torch.jit.load(str(fake_detector)).proj.weight.detach().double().sum(1).numpy()
+    g = ev.generate_uint8(nets[1], 2.5, list(range(64))).double().mean(dim=(1, 2, 3)).numpy() / 255
+    h = ImageDataset(digits).load_all().double().mean(dim=(1, 2, 3)).numpy() / 255
+    expected = (w @ w) * ((g.mean() - h.mean()) ** 2 + (g.std(ddof=1) - h.std(ddof=1)) ** 2)
+    assert final["fid"] == pytest.approx(expected, rel=1e-3)

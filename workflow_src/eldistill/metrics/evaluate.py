@@ -89,6 +89,12 @@ def save_grid(net, sigma_init: float, path: Path, device: str = "cpu") -> Path:
     return atomic_write_bytes(buffer.getvalue(), path)
 
 
+def _software() -> str:
+    from importlib.metadata import version
+
+    return f"eldistill {version('eldistill')}, clean-fid {version('clean-fid')}, torch {torch.__version__}"
+
+
 def _cell_id(run_dir: Path, meta: dict) -> str:
     if meta.get("cell_id"):
         return str(meta["cell_id"])
@@ -164,6 +170,8 @@ def evaluate_run(
             "kind": "snapshot",
             "cell_id": _cell_id(run_dir, meta),
             "paper_comparable": proto.paper_comparable,
+            "software": _software(),
+            "device": str(device),
         }
         append_jsonl(record, log_path)
         done[key] = record
