@@ -10,7 +10,8 @@ enough to redraw any figure):
                  least-squares slope of log variance on log K (resp. B); rows repeated at one (K, batch)
                  are averaged
     frameworks   cells.csv rows of experiment `frameworks`: FID per distiller, EL off / on, per dataset
-    samples      cells.csv rows with a samples PNG (of `--experiment` when given): a grid of the grids
+    samples      cells.csv rows with a samples PNG of experiment `main` (all cells when there is no `main`):
+                 a grid of the 8x8 sample grids
 `--experiment` overrides the experiment a figure reads. Every title names the FID protocol.
 """
 
@@ -92,10 +93,12 @@ def draw_convergence(tables: Path, experiment: str):
 def draw_batch_size(tables: Path, experiment: str):
     cells = _cells(tables, experiment).drop_duplicates("cell_id")
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for (distiller, el), rows in cells.groupby(["distiller", "el"], sort=True):
+    several = cells["dataset"].nunique() > 1
+    for (dataset, distiller, el), rows in cells.groupby(["dataset", "distiller", "el"], sort=True):
         rows = rows.dropna(subset=["fid"]).sort_values("batch")
         style = "o-" if el else "s--"
-        ax.plot(rows["batch"], rows["fid"], style, color=EL_COLORS[bool(el)], label=f"{distiller}, {_el_label(el)}")
+        label = f"{dataset} " * several + f"{distiller}, {_el_label(el)}"
+        ax.plot(rows["batch"], rows["fid"], style, color=EL_COLORS[bool(el)], label=label)
     ax.set(xlabel="batch size", ylabel="FID", xscale="log", yscale="log")
     _plain_numbers(ax.yaxis)
     ax.set_xticks(sorted(cells["batch"].unique()), [str(int(b)) for b in sorted(cells["batch"].unique())])
@@ -182,6 +185,8 @@ def draw_frameworks(tables: Path, experiment: str):
 def draw_samples(tables: Path, experiment: str | None):
     path = tables / "cells.csv"
     cells = read_csv(path, ("experiment", "cell_id", "key", "samples", "protocol"), "cells table")
+    if experiment is None and (cells["experiment"] == "main").any():
+        experiment = "main"  # a readable grid; the full paper grid has dozens of cells
     if experiment:
         cells = _experiment_rows(cells, experiment, path)
     cells = cells[cells["samples"].notna() & (cells["samples"].astype(str) != "")].drop_duplicates("cell_id")
