@@ -75,7 +75,7 @@ def one_el(resolution: int, batch: int, args) -> dict:
         "resolution": resolution,
         "batch": batch,
         "K": len(el.names),
-        "seconds": seconds,
+        **seconds,
         "peak_mb": peak,
     }
 
