@@ -8,6 +8,7 @@ import pytest
 
 from eldistill.cli import main
 from eldistill.report.diff import compare, make_diff, read_tolerances
+from eldistill.report.tables import make_tables
 
 PAPER = "fid50k-tf-inception"
 MINI = "mini-classifier"
@@ -180,3 +181,13 @@ def test_bad_tolerances_name_the_key(tmp_path, text, message):
 def test_missing_tables_folder_names_the_file(pair, tmp_path):
     with pytest.raises(ValueError, match="cells.csv"):
         make_diff(pair["reported"], tmp_path / "nowhere", pair["tolerances"], pair["out"])
+
+
+def test_diff_reads_what_tables_writes(world, pair, tmp_path):
+    tables = tmp_path / "made"
+    make_tables(world["grid"], world["runs"], tables, world["benchmarks"], world["gradvar"])
+    diff = make_diff(pair["reported"], tables, pair["tolerances"], tmp_path / "d").set_index("paper_key")
+    row = diff.loc["cifar10-uncond/sid2a/el/bs256"]
+    assert (row["status"], row["cell_id"], row["ours"]) == ("NOT_COMPARABLE", "sid2a-el", 1.9)  # miniature FID
+    assert diff.loc["claim/iterations", "status"] == "NOT_COMPARABLE"  # 25 %, computed from miniature FIDs
+    assert diff.loc["claim/iterations", "ours"] == pytest.approx(25.0)
