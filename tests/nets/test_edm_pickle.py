@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from eldistill.checkpoints import UnsafePickleError, load_edm_pickle, load_network, read_edm_pickle, run
+from eldistill.cli import main
 from eldistill.nets import build_network, preset
 
 SMALL_SONG = dict(img_channels=3, channel_mult=[1, 2], attn_resolutions=[8], augment_dim=9, dropout=0.1)
@@ -96,16 +95,11 @@ def test_default_backbone_follows_the_source_class(tmp_path, write_edm_pickle):
     assert load_edm_pickle(path).config["model_type"] == "DhariwalUNet"  # EDM's EDMPrecond default
 
 
-def test_cli_convert_teacher(tmp_path, write_edm_pickle):
+def test_cli_convert_teacher(tmp_path, write_edm_pickle, capsys):
     path = write_edm_pickle(tmp_path / "edm.pkl", build_network(preset("mini")))
     out = tmp_path / "t.pt"
-    proc = subprocess.run(
-        [sys.executable, "-m", "eldistill.cli", "convert-teacher", str(path), str(out)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr
+    assert main(["convert-teacher", str(path), str(out)]) == 0
+    assert "edm.pkl" in capsys.readouterr().out
     assert load_network(out)[1]["source"] == "edm.pkl"
 
 

@@ -24,6 +24,14 @@ def test_round_trip_same_outputs(tmp_path, randomize):
     assert not list(tmp_path.glob(".*tmp"))  # the atomic write left no temporary file
 
 
+def test_meta_must_be_plain_data(tmp_path):
+    import numpy as np
+
+    with pytest.raises(ValueError, match="meta"):
+        save_network(tmp_path / "net.pt", build_network(preset("mini")), {"sigma_init": np.float32(2.5)})
+    assert not (tmp_path / "net.pt").exists()
+
+
 def test_truncated_file_names_path(tmp_path, randomize):
     path = save_network(tmp_path / "net.pt", build_network(preset("mini")))
     data = path.read_bytes()

@@ -10,6 +10,7 @@ import argparse
 import hashlib
 import inspect
 import io
+import json
 import pickle
 from collections import OrderedDict
 from pathlib import Path
@@ -29,6 +30,10 @@ def save_network(path: str | Path, net: torch.nn.Module, meta: dict[str, Any] | 
     """Write `net` (config + float state dict) atomically; `meta` must be plain data (kind, counters, ids)."""
     if not hasattr(net, "config"):
         raise ValueError(f"{path}: the network has no 'config'; build it with eldistill.nets.build_network")
+    try:  # meta must survive torch.load(weights_only=True): plain numbers, strings, lists, dicts
+        json.dumps(meta or {})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: 'meta' must be plain JSON-like data ({e})") from None
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
     record = {"format": FORMAT, "config": dict(net.config), "state_dict": state, "meta": dict(meta or {})}
     return atomic_torch_save(record, path)
