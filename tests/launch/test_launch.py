@@ -136,3 +136,26 @@ def test_checkpoint_hook_is_bounded(monkeypatch):
 )
 def test_gres_column(gres, gpus):
     assert L._gres_gpus(gres) == gpus
+
+
+@pytest.mark.slow
+def test_torchrun_path_trains_like_one_process(make_cell, tmp_path):
+    """One node, several processes: the job runs torchrun --standalone (here 2 gloo processes through
+    submitit's local executor) and ends with the weights of a single-process run, up to summation order."""
+    import submitit
+    import torch
+
+    from eldistill.train import train
+
+    cell = make_cell("torchrun", total_images=8, batch_gpu=2)
+    cell.save(tmp_path / "cell.json")
+    executor = submitit.LocalExecutor(folder=tmp_path / "logs")
+    executor.update_parameters(timeout_min=10)
+    result = executor.submit(TrainCell(str(tmp_path / "cell.json"), nproc=2)).result()
+    assert result["metrics"]["images_seen"] == 8
+    reference = make_cell("single", total_images=8)
+    train(reference)
+    load = lambda run: torch.load(f"{run}/generator.pt", weights_only=True)["state_dict"]  # noqa: E731
+    got, want = load(cell.run_dir), load(reference.run_dir)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=key)

@@ -234,8 +234,15 @@ class TrainCell(submitit.helpers.Checkpointable):
         # SLURM delivers the pre-time-out signal to every process of the step: the training process ignores
         # it (SIG_IGN survives exec) and hears from us instead, as the signal its loop handles
         usr = getattr(signal, "SIG" + env.USR_SIG)
-        self._proc = subprocess.Popen(self.train_command(), preexec_fn=lambda: signal.signal(usr, signal.SIG_IGN))
-        code = self._proc.wait()
+        if self._stopping:  # stopped before the training even began: nothing new to save
+            code = EXIT_REQUEUE
+        else:
+            self._proc = subprocess.Popen(self.train_command(), preexec_fn=lambda: signal.signal(usr, signal.SIG_IGN))
+            if self._stopping:  # the signal came while the process was being created
+                self._signal_training()
+            code = self._proc.wait()
+            if self.nproc > 1 and self._stopping and code != 0:
+                code = EXIT_REQUEUE  # torchrun reports its workers' "saved, requeue me" (3) as a failure (1)
         if code == 0:
             if leader:
                 append_jsonl(
@@ -262,9 +269,13 @@ class TrainCell(submitit.helpers.Checkpointable):
         sys.exit(EXIT_REQUEUE)
 
     def _on_stop_signal(self, signum, frame) -> None:
-        if self._stopping or self._proc is None:
+        if self._stopping:
             return
         self._stopping = True
+        if self._proc is not None:
+            self._signal_training()
+
+    def _signal_training(self) -> None:
         for pid in self._training_pids():
             try:
                 os.kill(pid, STOP_SIGNAL)
@@ -291,9 +302,7 @@ class TrainCell(submitit.helpers.Checkpointable):
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
         if restarts >= self.max_requeues:
             return None
-        return submitit.helpers.DelayedSubmission(
-            TrainCell(self.cell_path, self.nproc, self.max_requeues)
-        )
+        return submitit.helpers.DelayedSubmission(TrainCell(self.cell_path, self.nproc, self.max_requeues))
 
 
 # --- submission ---------------------------------------------------------------------------------------------
