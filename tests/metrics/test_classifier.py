@@ -25,6 +25,8 @@ def test_classifier_learns_digits_and_records_accuracy(classifier):
     torch.testing.assert_close(features(x.repeat(1, 3, 1, 1)), model.features(x / 127.5 - 1))
     with pytest.raises(ValueError, match="trained on 1x16"):
         features.check_images(1, 32)
+    with pytest.raises(ValueError, match="cannot embed 3x16"):
+        features.check_images(3, 16)  # colour images would be silently averaged to grey
 
 
 def test_unlabelled_dataset_and_foreign_file_refused(tmp_path):

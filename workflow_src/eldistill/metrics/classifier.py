@@ -152,13 +152,12 @@ class ClassifierFeatures:
         self.id = f"mini-classifier:{file_digest(path)}:test_acc={self.meta['test_accuracy']:.4f}"
 
     def check_images(self, channels: int, resolution: int) -> None:
-        if resolution != self.config["resolution"] or channels not in (1, 3):
+        expected = (self.config["in_channels"], self.config["resolution"])
+        if (channels, resolution) != expected:
             raise ValueError(
-                f"the miniature classifier was trained on {self.config['in_channels']}x{self.config['resolution']}^2 "
-                f"images; cannot embed {channels}x{resolution}^2 images"
+                f"the miniature classifier was trained on {expected[0]}x{expected[1]}^2 images; "
+                f"cannot embed {channels}x{resolution}^2 images"
             )
-        if self.config["in_channels"] == 3 and channels == 1:
-            raise ValueError("the miniature classifier expects colour images, got greyscale ones")
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
