@@ -9,7 +9,7 @@ import pytest
 
 from eldistill.cli import main
 from eldistill.report.common import cell_key, dataset_tag
-from eldistill.report.tables import make_tables, read_grid, tidy_gradvar
+from eldistill.report.tables import make_tables, read_cell, read_grid, tidy_gradvar
 
 MINI = "mini-classifier"
 PAPER = "fid50k-tf-inception"
@@ -181,3 +181,14 @@ def test_dataset_tag_reads_the_edm2_size_from_the_teacher():
     assert dataset_tag("imagenet", 512, True, "edm2-img512-xxl-0939524-0.015") == "imagenet512-xxl"
     assert dataset_tag("imagenet", 512, True, "edm2-img512-s-2147483-0.130") == "imagenet512-s"
     assert dataset_tag("imagenet", 512, True, "teachers/mine") == "imagenet512"
+
+
+def test_non_finite_or_foreign_records_get_a_status(tmp_path):
+    run = tmp_path / "c1"
+    run.mkdir()
+    (run / "fid.jsonl").write_text('{"fid": NaN, "kind": "final", "protocol": "p", "cell_id": "c1"}\n')
+    result, _ = read_cell(run, "c1", "p")
+    assert result["status"] == "fid_not_finite" and math.isnan(result["fid"])
+    (run / "fid.jsonl").write_text('{"fid": 2.0, "kind": "final", "protocol": "p", "cell_id": "other"}\n')
+    result, records = read_cell(run, "c1", "p")
+    assert (result["status"], records) == ("cell_id_mismatch", []) and math.isnan(result["fid"])

@@ -20,6 +20,7 @@ A cell without results is a row with NaN fid and a `status`:
     no_fid             the run folder exists but fid.jsonl has no record
     not_run            no run folder
     cell_id_mismatch   fid.jsonl records name another cell (numbers dropped)
+    fid_not_finite     the final record's FID is NaN or infinite (a collapsed run; fid is NaN)
 """
 
 from __future__ import annotations
@@ -196,6 +197,8 @@ def read_cell(run_dir: Path, cell_id: str, planned_protocol: str) -> tuple[dict,
         out["images_seen"] = _float(finals[-1].get("images_seen"))
         out["iterations"] = _float(finals[-1].get("iterations"))
         out["status"] = "ok" if out["protocol"] == planned_protocol else "protocol_mismatch"
+        if not math.isfinite(out["fid"]):
+            out["status"], out["fid"] = "fid_not_finite", math.nan  # a collapsed generator: no number to show
     else:
         out["status"] = "no_final" if records else "no_fid"
         metrics_path = run_dir / "metrics.jsonl"
