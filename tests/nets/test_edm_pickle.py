@@ -101,6 +101,11 @@ def test_cli_convert_teacher(tmp_path, write_edm_pickle, capsys):
     assert main(["convert-teacher", str(path), str(out)]) == 0
     assert "edm.pkl" in capsys.readouterr().out
     assert load_network(out)[1]["source"] == "edm.pkl"
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(hostile_payloads(tmp_path / "pwned")["os.system"])
+    assert main(["convert-teacher", str(evil), str(tmp_path / "evil.pt")]) == 1
+    assert "os.system" in capsys.readouterr().err
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "evil.pt").exists()
 
 
 # --- hostile pickles -------------------------------------------------------------------------------------

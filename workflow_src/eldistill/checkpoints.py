@@ -12,6 +12,7 @@ import inspect
 import io
 import json
 import pickle
+import sys
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -321,7 +322,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    path = convert_teacher(args.input, args.output, args.key)
+    try:
+        path = convert_teacher(args.input, args.output, args.key)
+    except ValueError as e:  # includes UnsafePickleError: say which file and which global, no traceback
+        print(f"eldistill convert-teacher: {e}", file=sys.stderr)
+        return 1
     net, meta = load_network(path)
     print(
         f"{args.input} -> {path}: {meta['source_class']} as {net.config['class_name']}, "
