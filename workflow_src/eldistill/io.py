@@ -8,8 +8,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def _atomic(path: str | Path, write) -> Path:
     path = Path(path)
@@ -29,6 +27,8 @@ def _atomic(path: str | Path, write) -> Path:
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
+    import torch  # here, not at the top: the report verbs use this module and need no torch
+
     return _atomic(path, lambda f: torch.save(obj, f))
 
 
