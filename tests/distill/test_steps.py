@@ -108,3 +108,18 @@ def test_dmd_two_time_scale_ratio(make_cell):
     distiller = Trainer(cell, dist.setup(device="cpu")).distiller
     names = [[p.name for p in distiller.phases(0, i)] for i in range(4)]
     assert names == [["fake", "generator"], ["fake"], ["fake"], ["fake", "generator"]]
+
+
+def test_dmd1_regression_pulls_the_generator_to_teacher_pairs(make_cell):
+    args = {"regression_weight": 0.25, "regression_pairs": 4, "gen_update_ratio": 1}
+    trainer = Trainer(make_cell(distiller="dmd", distiller_args=args), dist.setup(device="cpu"))
+    d = trainer.distiller
+    assert d.ref_noise.shape == (4, 1, 8, 8) and torch.isfinite(d.ref_images).all()
+    logs: dict[str, float] = {}
+    trainer.run_phase(d.phases(0, 0)[1], 1, logs)
+    # the logged term is the mean squared distance of G(z_ref) to the teacher's ODE image, averaged over the batch
+    with torch.no_grad():
+        from eldistill.generator import one_step
+
+        per_pair = ((one_step(d.teacher, d.ref_noise, 80.0) - d.ref_images) ** 2).flatten(1).mean(1)
+    assert 0 < logs["loss/generator/regression"] <= per_pair.max().item() + 1e-6

@@ -163,10 +163,10 @@ class Trainer:
         self.batch_gpu = cell.batch_gpu or self.batch_local
         self.rounds = self.batch_local // self.batch_gpu
 
-        teacher, _ = load_network(cell.teacher)
-        init = load_network(cell.init_generator)[0] if cell.init_generator else None
+        teacher = load_network(cell.teacher)[0].to(self.device)  # the distiller's copies are made on the device
+        init = load_network(cell.init_generator)[0].to(self.device) if cell.init_generator else None
         self.distiller = build_distiller(cell.distiller, teacher, cell.distiller_args, init)
-        self.teacher = teacher.to(self.device)
+        self.teacher = teacher
         self.nets = {name: net.to(self.device) for name, net in self.distiller.nets.items()}
         self.extra = {name: m.to(self.device) for name, m in self.distiller.extra_modules.items()}
         self.generator = self.nets["generator"]
@@ -174,6 +174,10 @@ class Trainer:
         self.shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
         self.label_dim = int(teacher.label_dim)
 
+        if cell.el.enabled and cell.el.estimator == "unbiased" and self.batch_gpu < 2:
+            raise ValueError(
+                f"cell {cell.cell_id}: 'batch_gpu' = {self.batch_gpu}; the unbiased EL estimator needs >= 2"
+            )
         self.ds = ImageDataset(cell.dataset)
         if (self.ds.channels, self.ds.resolution, self.ds.resolution) != self.shape:
             raise ValueError(
@@ -302,7 +306,8 @@ class Trainer:
     def run_phase(self, phase: Phase, index: int, logs: dict[str, float]) -> None:
         cell, gen_phase = self.cell, phase.name == "generator"
         for name, net in self.nets.items():
-            net.requires_grad_(name in phase.nets)
+            # As in SiD's loop: the networks this phase trains run in train mode (dropout), the others in eval.
+            net.train(name in phase.nets).requires_grad_(name in phase.nets)
         params = [p for name in phase.nets for p in self.nets[name].parameters()]
         for name in phase.nets:
             self.optimizers[name].zero_grad(set_to_none=True)
@@ -357,12 +362,13 @@ class Trainer:
         if self.scaler:
             for name in phase.nets:
                 self.scaler.unscale_(self.optimizers[name])
-        finite = all(bool(torch.isfinite(p.grad).all()) for p in params)
-        finite = finite and math.isfinite(logs.get(f"loss/{phase.name}", 0.0))
-        finite = not dist.any_process(not finite, self.device, self.world)
+        # A NaN or inf anywhere in a network's gradient makes its norm non-finite: one check per network.
         for name in phase.nets:
             grads = [p.grad for p in self.nets[name].parameters()]
             logs[f"grad_norm/{name}"] = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+        finite = all(math.isfinite(logs[f"grad_norm/{name}"]) for name in phase.nets)
+        finite = finite and math.isfinite(logs.get(f"loss/{phase.name}", 0.0))
+        finite = not dist.any_process(not finite, self.device, self.world)
         if not finite:
             self.nonfinite += 1
             logs[f"skipped/{phase.name}"] = 1.0

@@ -1,0 +1,137 @@
+"""Seconds per training iteration of each distiller with and without the Embedding Loss, and the EL overhead
+ratio (with / without), at the miniature size and at CIFAR-10 shape (EDM's 56 M DDPM++ SongUNet).
+
+    OMP_NUM_THREADS=2 python benchmarks/distill_speed.py --sizes mini --batch 32
+    OMP_NUM_THREADS=2 python benchmarks/distill_speed.py --sizes cifar --distillers sid --batch 8 --iters 2
+    python benchmarks/distill_speed.py --sizes cifar --batch 256 --device cuda --precision bf16
+
+Networks have random weights (speed does not depend on them); the dataset is random noise images written to
+a temporary folder. Each timing is the median over --iters iterations after --warmup iterations of the real
+training loop (eldistill.train.Trainer.iteration). Budget from the issue: overhead <= 1.10 for SiD with the
+4 x 4 ensemble.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from eldistill import dist
+from eldistill.cell import DISTILLERS, Cell
+from eldistill.checkpoints import save_network
+from eldistill.nets import build_network, count_parameters, preset
+from eldistill.train import Trainer
+
+SIZES = {
+    "mini": dict(name="mini", img_resolution=16, img_channels=1),  # the miniature teacher of config/config.yaml
+    "cifar": dict(name="cifar10", img_resolution=32, img_channels=3),  # EDM's CIFAR-10 DDPM++
+}
+# Arguments that make every term of every distiller run from the first iteration (the costly regime).
+ARGS = {
+    "sida": {"gan_start_images": 0, "generator_freeze_images": 0},
+    "sid2a": {"gan_start_images": 0, "generator_freeze_images": 0},
+    "dmd": {"gen_update_ratio": 1},
+}
+
+
+def write_files(folder: Path, size: dict) -> tuple[Path, Path]:
+    net = build_network(preset(size["name"], img_resolution=size["img_resolution"], img_channels=size["img_channels"]))
+    teacher = save_network(folder / f"{size['name']}.pt", net, meta={"kind": "teacher"})
+    data = folder / f"data-{size['name']}"
+    data.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    shape = (size["img_resolution"],) * 2 + ((size["img_channels"],) if size["img_channels"] > 1 else ())
+    for i in range(64):
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(data / f"{i:05d}.png")
+    print(f"{size['name']}: {count_parameters(net) / 1e6:.2f} M parameters")
+    return teacher, data
+
+
+def time_cell(cell: Cell, device: str, warmup: int, iters: int) -> tuple[float, float]:
+    """(median seconds per iteration, peak CUDA memory in GiB or nan on the CPU)."""
+    trainer = Trainer(cell, dist.setup(device=device))
+    if trainer.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(trainer.device)
+    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+    times = []
+    for i in tqdm(range(warmup + iters), desc=f"{cell.distiller} el={cell.el.weight}", leave=False):
+        sync()
+        t = time.perf_counter()
+        trainer.iteration()
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    peak = torch.cuda.max_memory_allocated(trainer.device) / 2**30 if trainer.device.type == "cuda" else float("nan")
+    return statistics.median(times), peak
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="mini,cifar")
+    p.add_argument("--distillers", default=",".join(d for d in DISTILLERS if d != "sid2a"))
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch-gpu", type=int, default=None, help="per-process batch (gradient accumulation)")
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--archs", default="cnn,multiscale,resnet,attention")
+    p.add_argument("--inits-per-arch", type=int, default=4)
+    p.add_argument("--working-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32")
+    args = p.parse_args()
+    if args.device == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size_name in args.sizes.split(","):
+            size = SIZES[size_name]
+            teacher, data = write_files(Path(tmp), size)
+            for distiller in args.distillers.split(","):
+                seconds, peak = {}, {}
+                for weight in (0.0, 1.0):
+                    cell = Cell.from_dict(
+                        dict(
+                            distiller=distiller,
+                            teacher=str(teacher),
+                            dataset=str(data),
+                            batch=args.batch,
+                            batch_gpu=args.batch_gpu,
+                            total_images=10**9,
+                            precision=args.precision,
+                            distiller_args=ARGS.get(distiller, {}),
+                            el=dict(
+                                weight=weight,
+                                archs=args.archs.split(","),
+                                inits_per_arch=args.inits_per_arch,
+                                working_size=args.working_size,
+                            ),
+                            run_dir=str(Path(tmp) / "run"),
+                            state_dir=str(Path(tmp) / "state"),
+                        )
+                    )
+                    seconds[weight], peak[weight] = time_cell(cell, args.device, args.warmup, args.iters)
+                rows.append((size_name, distiller, seconds[0.0], seconds[1.0], peak[0.0], peak[1.0]))
+                print(
+                    f"{size_name:6s} {distiller:6s} {seconds[0.0]:8.3f} s/it  +EL {seconds[1.0]:8.3f} s/it", flush=True
+                )
+    k = len(args.archs.split(",")) * args.inits_per_arch
+    print(f"\nbatch {args.batch}, {args.device}, {args.precision}, EL: K={k} embedders at {args.working_size}px")
+    head = ("size", "distiller", "s/it", "s/it +EL", "img/s", "img/s +EL", "EL overhead", "GiB", "GiB +EL")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for size_name, distiller, s0, s1, m0, m1 in rows:
+        b = args.batch
+        cells = (size_name, distiller, f"{s0:.3f}", f"{s1:.3f}", f"{b / s0:.1f}", f"{b / s1:.1f}", f"{s1 / s0:.3f}")
+        print("| " + " | ".join(cells + (f"{m0:.1f}", f"{m1:.1f}")) + " |")
+
+
+if __name__ == "__main__":
+    main()
