@@ -63,6 +63,7 @@ def test_cli_writes_a_tidy_csv(tmp_path, capsys):
     "kwargs, match",
     [
         ({"ks": "1,0"}, "ks"),
+        ({"ks": "1,two"}, "ks must be a comma-separated list"),
         ({"batches": ""}, "batches"),
         ({"repeats": 1}, "repeats"),
         ({"resolution": 4}, "resolution"),

@@ -57,7 +57,10 @@ def _draw_embedders(k: int, families: Sequence[str], channels: int, resolution: 
 
 
 def _parse_ints(text: str | Sequence[int], key: str) -> list[int]:
-    values = [int(v) for v in text.split(",") if v.strip()] if isinstance(text, str) else [int(v) for v in text]
+    try:
+        values = [int(v) for v in (text.split(",") if isinstance(text, str) else text) if str(v).strip()]
+    except ValueError:
+        values = []
     if not values or any(v < 1 for v in values):
         raise ValueError(f"{key} must be a comma-separated list of positive integers, got {text!r}")
     return sorted(set(values))
