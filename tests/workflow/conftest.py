@@ -1,4 +1,4 @@
-"""Fixtures of the workflow tests: a Snakemake runner and stand-ins for the paper's datasets."""
+"""What the workflow tests share: a Snakemake runner and the names of the paper's datasets."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -19,16 +17,3 @@ def snakemake(args: list[str], cwd: Path = REPO, timeout: int = 300) -> subproce
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = ["timeout", "-s", "KILL", str(timeout), *SNAKEMAKE, "-s", str(REPO / "Snakefile"), *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-
-
-@pytest.fixture
-def paper_overlay(tmp_path) -> Path:
-    """A config overlay whose data_root holds empty stand-ins for the datasets a site prepares itself
-    (a dry run only checks that they exist)."""
-    data = tmp_path / "data"
-    data.mkdir()
-    for name in PAPER_DATA:
-        (data / name).write_bytes(b"")
-    overlay = tmp_path / "overlay.yaml"
-    overlay.write_text(f"data_root: {data}\n")
-    return overlay

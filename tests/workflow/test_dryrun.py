@@ -1,0 +1,132 @@
+"""`snakemake -n --profile slurm all_tables --configfile config/paper.yaml`: the jobs, and the GPUs, nodes and
+runtime each distillation cell asks SLURM for. Also: a bad config stops Snakemake before any job."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from eldistill.grid import grid
+from eldistill.resources import plan
+
+from .conftest import PAPER_DATA, REPO, snakemake
+
+PAPER = REPO / "config" / "paper.yaml"
+
+
+def jobs_of(output: str) -> list[dict]:
+    """The job blocks of a dry run: rule, wildcards, resources and shell command of each."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:\n)", output):
+        head = re.match(r"(?:local)?rule (\w+):\n", block)
+        if not head:
+            continue
+        job = {"rule": head.group(1), "wildcards": {}, "resources": {}, "shell": ""}
+        if m := re.search(r"^\s+wildcards: (.*)$", block, re.M):
+            job["wildcards"] = dict(kv.split("=", 1) for kv in m.group(1).split(", "))
+        if m := re.search(r"^\s+resources: (.*)$", block, re.M):
+            job["resources"] = dict(kv.split("=", 1) for kv in m.group(1).split(", "))
+        if m := re.search(r"^Shell command: (.*)$", block, re.M):
+            job["shell"] = m.group(1)
+        jobs.append(job)
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def paper_dry_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("paper")
+    data = tmp / "data"
+    data.mkdir()
+    for name in PAPER_DATA:  # empty stand-ins: a dry run only checks that the site's datasets exist
+        (data / name).write_bytes(b"")
+    overlay = tmp / "overlay.yaml"
+    overlay.write_text(f"data_root: {data}\n")
+    # the README's command from a fresh checkout: nothing exists yet (a scratch working directory)
+    args = ["-n", "--profile", str(REPO / "slurm"), "all_tables", "--configfile", str(PAPER), str(overlay)]
+    result = snakemake([*args, "--directory", str(tmp / "work")], cwd=REPO, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return jobs_of(result.stdout + result.stderr)
+
+
+def test_job_counts(paper_dry_run):
+    counts = {}
+    for job in paper_dry_run:
+        counts[job["rule"]] = counts.get(job["rule"], 0) + 1
+    # 56 cells (tests/workflow/test_grid.py counts them by hand); 12 of them need more than one 8-GPU node:
+    # batch 1024 and 2048 on CIFAR-10 (2 and 4 nodes) x EL off/on, ImageNet 64 at 8192 and ImageNet 512 at
+    # 2048 for SiD and SiD2A x EL off/on. Every cell but the conditional SiD+EL (only SiD2A's start) is evaluated.
+    assert counts == {
+        "grid": 1,
+        "link_dataset": 5,
+        "download_teacher": 6,
+        "convert_teacher": 6,
+        "download_reference": 5,
+        "download_feature_net": 1,
+        "gradvar": 1,
+        "distill": 44,
+        "distill_multinode": 12,
+        "evaluate": 55,
+        "tables": 1,
+        "all_tables": 1,
+    }
+
+
+def test_gpus_nodes_and_runtime_per_cell(paper_dry_run):
+    g = grid([PAPER])
+    distill = [j for j in paper_dry_run if j["rule"].startswith("distill")]
+    assert sorted(j["wildcards"]["cell"] for j in distill) == sorted(g.cells)
+    for job in distill:
+        cell = g.cells[job["wildcards"]["cell"]]
+        teacher = g.config["teachers"][cell.labels["teacher"]]
+        dataset = g.config["datasets"][cell.labels["dataset"]]
+        want = plan(
+            cell.labels["dataset"],
+            dataset["resolution"],
+            teacher["params"],
+            cell.batch,
+            8,
+            total_images=cell.total_images,
+        )
+        res = job["resources"]
+        assert int(res["gpu"]) == want["gpus"] and int(res["nodes"]) == want["nodes"], job
+        assert int(res["runtime"]) == want["runtime_min"] and int(res["mem_mb"]) == want["mem_mb"], job
+        assert res["cpus_per_gpu"] == "8"  # from the profile's set-resources
+        assert "tasks" not in res or job["rule"] == "distill_multinode"  # never a default `tasks`
+        if job["rule"] == "distill":
+            assert res["tasks_per_gpu"] == "0" and "mpi" not in res
+            assert (
+                f"[ {want['gpus']} -gt 1 ]; then launch='torchrun --standalone --nproc_per_node={want['gpus']}"
+                in job["shell"]
+            )
+        else:  # nodes x GPUs, one task per GPU, started by srun
+            assert (res["tasks"], res["tasks_per_gpu"], res["mpi"]) == (str(want["gpus"]), "1", "srun")
+            assert f"[ {want['nodes']} -gt 1 ]; then launch='srun eldistill'" in job["shell"]
+        assert f"train --config results/paper/cells/{cell.cell_id}.json" in job["shell"]
+
+
+def test_hand_checked_cells(paper_dry_run):
+    by_cell = {j["wildcards"]["cell"]: j["resources"] for j in paper_dry_run if j["rule"].startswith("distill")}
+    g = grid([PAPER])
+    rows = {(r["experiment"], r["dataset"], r["distiller"], r["batch"], r["el"]): r["cell_id"] for r in g.rows}
+    # SiD on CIFAR-10 at batch 16: one GPU takes the whole batch (32 fit on an 80 GB GPU)
+    small = by_cell[rows[("batch_size", "cifar10", "sid", 16, False)]]
+    assert (small["gpu"], small["nodes"]) == ("1", "1")
+    # batch 256: 256 / (32 per GPU x 2 accumulation steps) = 4 GPUs on one node
+    assert by_cell[rows[("batch_size", "cifar10", "sid", 256, True)]]["gpu"] == "4"
+    # ImageNet 64 at 8192 wants 128 GPUs; capped at hardware.max_gpus = 32, i.e. 4 full nodes
+    big = by_cell[rows[("datasets", "imagenet64", "sid2a", 8192, True)]]
+    assert (big["gpu"], big["nodes"], big["tasks"]) == ("32", "4", "32")
+
+
+def test_a_bad_config_stops_before_any_job(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())
+    config["experiments"]["frameworks"]["vary"]["distiller"] = ["sid", "sdi"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = snakemake(["-n", "all_tables", "--configfile", str(bad), "--directory", str(tmp_path)], timeout=120)
+    assert result.returncode != 0
+    text = result.stdout + result.stderr
+    assert "experiments.frameworks.vary.distiller[1]: 'sdi' is not one of" in text
+    assert "Job stats" not in text and not (tmp_path / "results").exists()
