@@ -68,8 +68,11 @@ class _FakeDetector(torch.nn.Module):
         self.layers = _FakeLayers()
         self.proj = torch.nn.Linear(3, 2048)
 
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-        return self.proj(x.to(torch.float32).mean(dim=(2, 3)) / 255.0)
+    def forward(self, x: torch.Tensor, return_features: bool = False, no_output_bias: bool = False) -> torch.Tensor:
+        features = self.proj(x.to(torch.float32).mean(dim=(2, 3)) / 255.0)
+        if return_features:
+            return features
+        return torch.softmax(features[:, :1008], dim=1)
 
 
 @pytest.fixture(scope="session")

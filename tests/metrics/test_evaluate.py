@@ -186,7 +186,9 @@ def test_paper_protocol_plumbing_with_a_stand_in_detector(run, digits, fake_dete
     assert info["feature_net"].startswith("tf-inception-2015-12-05:") and info["num_images"] == 1797
     small = protocols.Protocol(PAPER, None, 64, True, "test-only")
     monkeypatch.setitem(protocols.PROTOCOLS, PAPER, small)
-    final = ev.evaluate_run(run_dir, PAPER, ref_path, feature_net=fake_detector, batch_size=64)
+    final = ev.evaluate_run(run_dir, PAPER, ref_path, feature_net=fake_detector, batch_size=64,
+                            with_inception_score=True)  # fmt: skip
+    assert final["is_mean"] >= 1.0 and np.isfinite(final["is_std"])
     assert final["protocol"] == PAPER and final["paper_comparable"] is True and final["num_samples"] == 64
     assert final["feature_net"] == info["feature_net"] and final["reference"].startswith("paper-ref.npz:")
     # closed form: the stand-in's features are W m + b for per-channel means m; greyscale gives m = (g, g, g),
@@ -196,3 +198,16 @@ def test_paper_protocol_plumbing_with_a_stand_in_detector(run, digits, fake_dete
     h = ImageDataset(digits).load_all().double().mean(dim=(1, 2, 3)).numpy() / 255
     expected = (w @ w) * ((g.mean() - h.mean()) ** 2 + (g.std(ddof=1) - h.std(ddof=1)) ** 2)
     assert final["fid"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_classifier_score_separates_digits_from_untrained_output(run, real, classifier, mini_reference):
+    """With --inception-score the miniature protocol records IS computed with its own classifier."""
+    from eldistill.metrics.fid import inception_score
+
+    run_dir, _, _ = run
+    final = ev.evaluate_run(run_dir, MINI, mini_reference, feature_net=classifier[0], num_samples=100,
+                            batch_size=50, with_inception_score=True)  # fmt: skip
+    features = ClassifierFeatures(classifier[0])
+    real_is, _ = inception_score(features.probs(real[:1000].repeat(1, 3, 1, 1).to(torch.float32)).numpy())
+    # measured once: real 5.2 (4-epoch classifier), untrained 1.005
+    assert real_is > 4.0 and final["is_mean"] < 1.5, (real_is, final["is_mean"])

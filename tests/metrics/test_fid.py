@@ -7,6 +7,7 @@ import pytest
 import scipy.linalg
 
 from eldistill.metrics import FeatureStats, frechet_distance
+from eldistill.metrics.fid import inception_score
 
 
 def scipy_fid(mu1, s1, mu2, s2):
@@ -86,3 +87,17 @@ def test_feature_stats_match_numpy_in_uneven_batches():
     assert stats.count == 1001
     with pytest.raises(ValueError, match=r"\(N, 12\)"):
         stats.update(np.zeros((3, 5)))
+
+
+def test_inception_score_closed_forms():
+    # balanced one-hot predictions over K classes in every split: IS = K exactly
+    onehot = np.tile(np.eye(4), (10, 1))
+    assert inception_score(onehot, splits=10) == pytest.approx((4.0, 0.0), abs=1e-12)
+    # identical predictions carry no information: IS = 1
+    assert inception_score(np.full((20, 5), 0.2), splits=2)[0] == pytest.approx(1.0, abs=1e-12)
+    # by hand: p1 = (1, 0), p2 = (1/2, 1/2), marginal (3/4, 1/4)
+    kl1 = np.log(1 / 0.75)
+    kl2 = 0.5 * np.log(0.5 / 0.75) + 0.5 * np.log(0.5 / 0.25)
+    assert inception_score([[1.0, 0.0], [0.5, 0.5]], splits=1)[0] == pytest.approx(np.exp((kl1 + kl2) / 2), rel=1e-12)
+    with pytest.raises(ValueError, match="probabilities"):
+        inception_score(np.full((5, 3), 1 / 3), splits=10)

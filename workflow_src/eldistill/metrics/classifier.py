@@ -159,12 +159,20 @@ class ClassifierFeatures:
                 f"cannot embed {channels}x{resolution}^2 images"
             )
 
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def _unit(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, torch.float32).round()  # uint8 values; remove clean-fid's ToTensor round-off
         if self.config["in_channels"] == 1:
             x = x.mean(dim=1, keepdim=True)  # the pipeline replicates greyscale to RGB; undo it exactly
-        return self.model.features(x / 127.5 - 1)
+        return x / 127.5 - 1
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.features(self._unit(x))
+
+    @torch.no_grad()
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (B, num_classes), for a classifier score (IS with this classifier)."""
+        return torch.softmax(self.model(self._unit(x)), dim=1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

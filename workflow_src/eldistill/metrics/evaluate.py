@@ -17,12 +17,13 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from eldistill.generator import one_step, to_uint8
 from eldistill.io import append_jsonl, atomic_write_bytes, read_jsonl
-from eldistill.metrics.fid import FeatureStats, frechet_distance
+from eldistill.metrics.fid import FeatureStats, frechet_distance, inception_score
 from eldistill.metrics.protocols import check_num_samples, file_digest, get_protocol, load_feature_net, load_reference
 
 AGGREGATIONS = ("final", "min-of-3-seeds", "best-snapshot")
@@ -56,8 +57,11 @@ def generate_uint8(net: torch.nn.Module, sigma_init: float, seeds: list[int], de
     return to_uint8(images)
 
 
-def generated_stats(net, sigma_init, seeds: range, fnet, batch_size: int, device: str, desc: str) -> FeatureStats:
-    """Feature statistics of the generator's images for `seeds` (generation + features, one tqdm bar)."""
+def generated_stats(
+    net, sigma_init, seeds: range, fnet, batch_size: int, device: str, desc: str, probs: list | None = None
+) -> FeatureStats:
+    """Feature statistics of the generator's images for `seeds` (generation + features, one tqdm bar);
+    class probabilities are appended to `probs` when it is a list (for the Inception Score)."""
     from cleanfid.fid import get_batch_features
 
     stats = FeatureStats(fnet.dim)
@@ -68,6 +72,8 @@ def generated_stats(net, sigma_init, seeds: range, fnet, batch_size: int, device
             if images.shape[1] == 1:
                 images = images.repeat(1, 3, 1, 1)  # greyscale -> RGB, as clean-fid/EDM read the dataset
             stats.update(get_batch_features(images.to(torch.float32), fnet, torch.device(device)))
+            if probs is not None:
+                probs.append(fnet.probs(images.to(torch.float32)).cpu().numpy())
             bar.update(len(batch))
     return stats
 
@@ -118,6 +124,7 @@ def evaluate_run(
     aggregation: str = "final",
     device: str = "cpu",
     batch_size: int = 256,
+    with_inception_score: bool = False,
 ) -> dict:
     """Evaluate RUN_DIR/generator.pt (and the snapshots), append to RUN_DIR/fid.jsonl, write samples.png.
     Returns the "final" record (the cell's reported number)."""
@@ -152,11 +159,12 @@ def evaluate_run(
     def evaluate(path: Path, seeds: range) -> dict:
         digest = file_digest(path, 16)
         key = (str(path), digest, seed_string(seeds))
-        if key in done:
+        if key in done and (not with_inception_score or "is_mean" in done[key]):
             return done[key]
         net, meta = load_generator(path, device)
         fnet.check_images(net.img_channels, net.img_resolution)
-        stats = generated_stats(net, meta["sigma_init"], seeds, fnet, batch_size, device, f"FID {path.name}")
+        probs = [] if with_inception_score else None
+        stats = generated_stats(net, meta["sigma_init"], seeds, fnet, batch_size, device, f"FID {path.name}", probs)
         mu, sigma = stats.mu_sigma()
         record = {
             "fid": frechet_distance(mu, sigma, ref.mu, ref.sigma),
@@ -173,6 +181,9 @@ def evaluate_run(
             "software": _software(),
             "device": str(device),
         }
+        if probs is not None:
+            # IS with the protocol's own classifier: TF-Inception (paper) or the miniature classifier
+            record["is_mean"], record["is_std"] = inception_score(np.concatenate(probs))
         append_jsonl(record, log_path)
         done[key] = record
         return record
@@ -218,6 +229,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aggregation", choices=AGGREGATIONS, default="final")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--batch", type=int, default=256, help="images per generation/feature batch")
+    parser.add_argument(
+        "--inception-score",
+        action="store_true",
+        help="also record IS (is_mean, is_std over 10 splits) with the protocol's classifier",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -233,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
             aggregation=args.aggregation,
             device=args.device,
             batch_size=args.batch,
+            with_inception_score=args.inception_score,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -11,6 +11,7 @@ than feature dimensions), where scipy.linalg.sqrtm needs an eps on the diagonal.
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import xlogy
 
 
 def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
@@ -35,6 +36,20 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     cross = np.linalg.svd(_psd_sqrt(sigma2) @ _psd_sqrt(sigma1), compute_uv=False).sum()
     fid = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * cross
     return float(max(fid, 0.0))  # only round-off can make it negative
+
+
+def inception_score(probs, splits: int = 10) -> tuple[float, float]:
+    """IS = exp(E_x KL(p(y|x) || p(y))) of class probabilities (N, K), as mean and std over `splits` equal
+    consecutive splits (Salimans et al. 2016; the convention of the StyleGAN/EDM metric code)."""
+    p = np.asarray(probs, np.float64)
+    if p.ndim != 2 or len(p) < splits or not np.isfinite(p).all():
+        raise ValueError(f"probabilities must be a finite (N >= {splits}, K) array, got shape {p.shape}")
+    scores = []
+    for part in np.array_split(p, splits):
+        marginal = part.mean(axis=0, keepdims=True)
+        kl = xlogy(part, part) - xlogy(part, marginal)  # p log(p / marginal), with 0 log 0 = 0
+        scores.append(np.exp(kl.sum(axis=1).mean()))
+    return float(np.mean(scores)), float(np.std(scores))
 
 
 class FeatureStats:

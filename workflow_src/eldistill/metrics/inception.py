@@ -86,3 +86,8 @@ class InceptionFeatures:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.round())  # inputs are uint8 values; remove clean-fid's ToTensor round-off
+
+    @torch.no_grad()
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax over the 1008 TF-Inception classes without the output bias, as StyleGAN/EDM's IS does."""
+        return self.model.base(x.to(self.device).round(), no_output_bias=True)
