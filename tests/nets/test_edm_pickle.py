@@ -11,7 +11,7 @@ import pickle
 import pytest
 import torch
 
-from eldistill.checkpoints import UnsafePickleError, load_edm_pickle, load_network, read_edm_pickle, run
+from eldistill.checkpoints import Inert, UnsafePickleError, load_edm_pickle, load_network, read_edm_pickle, run
 from eldistill.cli import main
 from eldistill.nets import build_network, preset
 
@@ -143,6 +143,29 @@ def test_hostile_global_nested_in_a_valid_snapshot(tmp_path, write_edm_pickle):
 
     path = write_edm_pickle(tmp_path / "snap.pkl", build_network(preset("mini")), extra={"augment_pipe": Evil()})
     with pytest.raises(UnsafePickleError, match="system"):
+        load_edm_pickle(path)
+    assert not marker.exists()
+
+
+def test_bound_method_hooks_become_inert(tmp_path, write_edm_pickle):
+    """SiDA-EDM2 pickles carry hooks pickled as builtins.getattr(obj, name): read, never looked up."""
+    net = build_network(preset("mini"))
+    net.model.enc["16x16_conv"].register_forward_pre_hook({}.copy)  # a bound method: pickles via getattr
+    path = write_edm_pickle(tmp_path / "hooked.pkl", net)
+    loaded = load_edm_pickle(path)
+    assert not loaded.model.enc["16x16_conv"]._forward_pre_hooks
+    path.write_bytes(b"cbuiltins\ngetattr\n((tV__class__\ntR.")  # getattr((), '__class__')
+    assert isinstance(read_edm_pickle(path), Inert)
+
+
+def test_storage_bytes_must_be_weights_only(tmp_path):
+    """A hostile payload hidden in the bytes given to torch.storage._load_from_bytes is refused too."""
+    marker = tmp_path / "pwned"
+    inner = hostile_payloads(marker)["os.system"]
+    path = tmp_path / "storage.pkl"
+    assert len(inner) < 256
+    path.write_bytes(b"ctorch.storage\n_load_from_bytes\n(C" + bytes([len(inner)]) + inner + b"tR.")  # SHORT_BINBYTES
+    with pytest.raises(UnsafePickleError, match="storage.pkl: torch.storage._load_from_bytes.*not plain tensor data"):
         load_edm_pickle(path)
     assert not marker.exists()
 

@@ -125,7 +125,13 @@ class Inert:
 def _load_storage(data):
     if not isinstance(data, (bytes, bytearray)):
         raise UnsafePickleError("torch.storage._load_from_bytes called with a non-bytes argument")
-    return torch.load(io.BytesIO(bytes(data)), weights_only=True)
+    try:
+        return torch.load(io.BytesIO(bytes(data)), weights_only=True)
+    except Exception as e:  # torch's own message suggests weights_only=False: never for these files
+        raise UnsafePickleError(
+            "torch.storage._load_from_bytes: the embedded storage is not plain tensor data "
+            f"(torch's weights_only loader raised {type(e).__name__}); refusing it"
+        ) from None
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
@@ -202,8 +208,10 @@ def read_edm_pickle(path: str | Path) -> Any:
     with open(path, "rb") as f:
         try:
             return RestrictedUnpickler(f, str(path)).load()
-        except UnsafePickleError:
-            raise
+        except UnsafePickleError as e:
+            if str(path) in str(e):
+                raise
+            raise UnsafePickleError(f"{path}: {e}") from None
         except Exception as e:  # truncated or corrupt data raises many types
             raise ValueError(f"{path}: not a readable EDM pickle ({type(e).__name__}: {e})") from None
 
