@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -168,6 +169,21 @@ def test_storage_bytes_must_be_weights_only(tmp_path):
     with pytest.raises(UnsafePickleError, match="storage.pkl: torch.storage._load_from_bytes.*not plain tensor data"):
         load_edm_pickle(path)
     assert not marker.exists()
+
+
+def test_numpy_1x_spelling_is_read(tmp_path):
+    """2022-era pickles name numpy.core.multiarray (numpy 1.x); numpy 2 writes numpy._core. Both load."""
+    value = {"skip_scale": np.sqrt(np.float64(0.5)), "scale": np.array([0.12, -0.5], dtype=np.float32)}
+    data = pickle.dumps(value, protocol=3)  # protocol 3: newline-terminated GLOBAL opcodes, easy to respell
+    assert b"numpy._core" in data
+    path = tmp_path / "old.pkl"
+    path.write_bytes(data.replace(b"numpy._core", b"numpy.core"))
+    loaded = read_edm_pickle(path)
+    assert loaded["skip_scale"] == np.sqrt(0.5) and loaded["scale"].tolist() == value["scale"].tolist()
+    bad = tmp_path / "objects.pkl"
+    bad.write_bytes(pickle.dumps(np.array([None, 1], dtype=object), protocol=3))
+    with pytest.raises(UnsafePickleError, match="objects"):
+        read_edm_pickle(bad)
 
 
 def test_unknown_torch_global_and_persistent_id_refused(tmp_path):

@@ -61,7 +61,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "channel_mult_noise": 1,
         "resample_filter": [1, 1],
     },
-    # EDM's 64x64 DDPM++ teacher (FFHQ, AFHQv2).
+    # EDM's FFHQ 64x64 DDPM++ teacher (edm-ffhq-64x64-uncond-vp.pkl).
     "ffhq64": {
         "class_name": "EDMPrecond",
         "model_type": "SongUNet",
@@ -73,6 +73,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model_channels": 128,
         "channel_mult": [1, 2, 2, 2],
         "dropout": 0.05,
+        "embedding_type": "positional",
+        "encoder_type": "standard",
+        "decoder_type": "standard",
+        "channel_mult_noise": 1,
+        "resample_filter": [1, 1],
+    },
+    # EDM's AFHQv2 64x64 teacher: the FFHQ network with more dropout.
+    "afhqv2-64": {
+        "class_name": "EDMPrecond",
+        "model_type": "SongUNet",
+        "img_resolution": 64,
+        "img_channels": 3,
+        "label_dim": 0,
+        "use_fp16": False,
+        "augment_dim": 9,
+        "model_channels": 128,
+        "channel_mult": [1, 2, 2, 2],
+        "dropout": 0.25,
         "embedding_type": "positional",
         "encoder_type": "standard",
         "decoder_type": "standard",
