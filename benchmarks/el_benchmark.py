@@ -4,9 +4,10 @@
     python benchmarks/el_benchmark.py --songunet            # also the EL overhead on one SiD iteration at CIFAR shape
     python benchmarks/el_benchmark.py --device cuda --threads 8
 
-Each configuration runs in its own process, so its peak memory is its own: on the CPU the increase of the
-process's peak RSS during the timed passes (above the RSS after building EL and the inputs); on CUDA
-torch.cuda.max_memory_allocated. Time is the median over --repeats timed passes after one warm-up.
+Each configuration runs in its own process, so its peak memory is its own: the increase of the peak
+(CPU: the process's peak RSS; CUDA: torch.cuda.max_memory_allocated) over what EL and the inputs
+already held, i.e. the activations and gradients of the passes.
+Time is the median over --repeats timed passes after one warm-up.
 A SiD iteration costs about four forward+backward passes of the teacher's network (DESIGN.md), so
 --songunet reports EL / (4 x fwd+bwd of the 56 M DDPM++ of EDM at the same batch), the issue's 10 % budget.
 """
@@ -39,11 +40,12 @@ def time_passes(step, repeats: int, device: str) -> tuple[dict, float]:
     """({"seconds": median wall time, "cpu_seconds": median process CPU time}, peak memory MB) of step()
     after one warm-up pass. On a shared CPU machine the CPU time is the fair number: it ignores the time
     spent waiting for a core."""
-    step()
-    _sync(device)
+    base = _peak_rss_mb()  # before the first pass: its activations are the peak we want
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    base = _peak_rss_mb()
+        base = torch.cuda.memory_allocated() / 2**20
+    step()
+    _sync(device)
     wall, cpu = [], []
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -51,7 +53,7 @@ def time_passes(step, repeats: int, device: str) -> tuple[dict, float]:
         _sync(device)
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _peak_rss_mb() - base
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _peak_rss_mb()) - base
     return {"seconds": statistics.median(wall), "cpu_seconds": statistics.median(cpu)}, peak
 
 
