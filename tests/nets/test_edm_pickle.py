@@ -53,11 +53,12 @@ def outputs(net, config, labels):
         preset("mini", **SMALL_SONG),
         preset("mini", **SMALL_SONG, label_dim=10),
         preset("mini", class_name="VPPrecond", embedding_type="fourier", encoder_type="residual", channel_mult_noise=2),
+        {**SMALL_ADM, "label_dim": 0},
         {**SMALL_ADM, "label_dim": 10},
         {**SMALL_EDM2, "label_dim": 0},
         {**SMALL_EDM2, "label_dim": 10},
     ],
-    ids=["songunet-uncond", "songunet-cond", "ncsnpp-vp", "adm-cond", "edm2-uncond", "edm2-cond"],
+    ids=["songunet-uncond", "songunet-cond", "ncsnpp-vp", "adm-uncond", "adm-cond", "edm2-uncond", "edm2-cond"],
 )
 def test_published_format_loads_with_strict_keys(tmp_path, config, randomize, write_edm_pickle):
     edm2 = config["class_name"] == "EDM2Precond"
