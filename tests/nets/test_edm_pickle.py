@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -71,6 +72,20 @@ def test_published_format_loads_with_strict_keys(tmp_path, config, randomize, wr
     assert all(p.dtype == torch.float32 for p in loaded.parameters())  # fp16 upcast
     labels = torch.eye(10)[[0, 4, 9]] if config.get("label_dim") else None
     torch.testing.assert_close(outputs(loaded, config, labels), outputs(net.float(), config, labels), rtol=0, atol=0)
+
+
+def test_a_naive_loader_would_run_the_embedded_source(tmp_path, write_edm_pickle, monkeypatch):
+    """The test pickles are faithful: plain pickle.load with an upstream-like hook executes module_src."""
+    import types
+
+    path = write_edm_pickle(tmp_path / "snap.pkl", build_network(preset("mini")))
+    persistence = types.ModuleType("torch_utils.persistence")
+    persistence._reconstruct_persistent_obj = lambda meta: exec(meta["module_src"], {})  # what upstream does
+    monkeypatch.setitem(sys.modules, "torch_utils", types.ModuleType("torch_utils"))
+    monkeypatch.setitem(sys.modules, "torch_utils.persistence", persistence)
+    with pytest.raises(RuntimeError, match="embedded module source .* was executed"):
+        pickle.loads(path.read_bytes())
+    assert isinstance(load_edm_pickle(path), torch.nn.Module)  # ours, with the same modules importable
 
 
 def test_aliases_and_edm2_encoder_info(tmp_path, write_edm_pickle):
