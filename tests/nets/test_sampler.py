@@ -16,15 +16,16 @@ MU, S = 0.3, 0.5  # S = sigma_data, the spread EDM is tuned for
 class GaussianDenoiser(torch.nn.Module):
     sigma_min, sigma_max = 0.0, math.inf
 
-    def __init__(self):
+    def __init__(self, mu=MU):
         super().__init__()
         self.calls = 0
+        self.mu = mu
 
     def forward(self, x, sigma, class_labels=None):
         self.calls += 1
         assert x.dtype == torch.float32 and sigma.shape == (x.shape[0],)
         s2 = sigma.double().reshape(-1, 1, 1, 1) ** 2
-        return (MU + S**2 / (S**2 + s2) * (x.double() - MU)).float()
+        return (self.mu + S**2 / (S**2 + s2) * (x.double() - self.mu)).float()
 
 
 def exact_flow(noise, sigma_max=80.0):
@@ -92,3 +93,15 @@ def test_stochastic_variant_is_seeded_and_costs_the_same():
     assert net.calls == 15
     torch.testing.assert_close(a, b)
     assert (a - c).abs().max() > 1e-4
+
+
+def test_guidance_extrapolates_between_two_denoisers():
+    """Two Gaussian denoisers with means m_g, m_n: g + w (n - g) is the denoiser of mean m_g + w (m_n - m_g)."""
+    noise = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(4))
+    net, guide = GaussianDenoiser(mu=0.3), GaussianDenoiser(mu=-0.1)
+    guided = heun_sample(net, noise, num_steps=12, guide_net=guide, guidance=2.5)
+    expected = heun_sample(GaussianDenoiser(mu=-0.1 + 2.5 * 0.4), noise, num_steps=12)
+    torch.testing.assert_close(guided, expected, rtol=0, atol=2e-5)
+    assert guide.calls == 23
+    plain = heun_sample(GaussianDenoiser(mu=0.3), noise, num_steps=12)
+    torch.testing.assert_close(heun_sample(net, noise, num_steps=12, guide_net=guide, guidance=1.0), plain)

@@ -36,12 +36,16 @@ def heun_sample(
     S_max: float = float("inf"),
     S_noise: float = 1.0,
     generator: torch.Generator | None = None,
+    guide_net: torch.nn.Module | None = None,
+    guidance: float = 1.0,
     progress: bool = False,
 ) -> torch.Tensor:
     """Images (float32, same shape as `noise`, not clamped) from unit Gaussian `noise`.
 
     The state is kept in float64 as in EDM; the network sees float32. The sigma range is clipped to
-    the network's own [net.sigma_min, net.sigma_max] when it has one (VP/VE teachers)."""
+    the network's own [net.sigma_min, net.sigma_max] when it has one (VP/VE teachers).
+    With `guide_net` (EDM2's guidance: an unconditional or weaker network) the denoiser is
+    guide(x) + guidance * (net(x) - guide(x)); guidance 1 is the plain network."""
     sigma_min = max(sigma_min, float(getattr(net, "sigma_min", 0.0)))
     sigma_max = min(sigma_max, float(getattr(net, "sigma_max", math.inf)))
     sigmas = karras_sigmas(num_steps, sigma_min, sigma_max, rho).to(noise.device)
@@ -50,7 +54,11 @@ def heun_sample(
 
     def denoise(x, sigma):
         s = torch.full((batch,), float(sigma), dtype=torch.float32, device=x.device)
-        return net(x.to(torch.float32), s, class_labels).to(torch.float64)
+        d = net(x.to(torch.float32), s, class_labels).to(torch.float64)
+        if guide_net is not None and guidance != 1:
+            g = guide_net(x.to(torch.float32), s, class_labels).to(torch.float64)
+            d = g + guidance * (d - g)
+        return d
 
     steps = list(zip(sigmas[:-1].tolist(), sigmas[1:].tolist()))
     for i, (t_cur, t_next) in enumerate(tqdm(steps, desc="heun", disable=not progress, leave=False)):
