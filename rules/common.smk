@@ -21,7 +21,8 @@ except ConfigError as e:  # before any job exists: name the key and stop
     sys.exit(f"eldistill: {e}")
 
 CFG = GRID.config  # validated, defaults filled
-for _key in ("reported", "tolerances"):  # relative to the repository, so --directory elsewhere still finds them
+# the paper's numbers and tolerances: relative to the repository, so --directory elsewhere still finds them
+for _key in ("reported", "tolerances"):
     if not Path(CFG[_key]).is_absolute():
         CFG[_key] = str(Path(workflow.basedir) / CFG[_key])
 SCALE = GRID.scale
@@ -46,11 +47,16 @@ FIGURES = [
     for f in FIGURES
     if (f == "gradvar" and CFG["gradvar"]) or f == "samples" or f in CFG["experiments"]
 ]
-TABLE_FILES = [f"{RESULTS}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md", "tex")]
+TABLE_FILES = [
+    f"{RESULTS}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md", "tex")
+]
 TABLE_FILES += [f"{RESULTS}/tables/{t}.csv" for t in ("cells", "claims", "convergence")]
 if CFG["gradvar"]:
     TABLE_FILES.append(f"{RESULTS}/tables/gradvar.csv")
-FIGURE_FILES = [f"{RESULTS}/figures/{f}.{ext}" for f in FIGURES for ext in ("pdf", "png")]
+FIGURE_FILES = [
+    f"{RESULTS}/figures/{f}.{ext}" for f in FIGURES for ext in ("pdf", "png")
+]
+
 
 wildcard_constraints:
     cell=one_of(CELL_IDS),

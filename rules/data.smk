@@ -12,16 +12,16 @@ def external_dataset(wildcards):
 rule make_dataset:
     output:
         f"{RESULTS}/data/{{dataset}}.zip",
+    log:
+        f"{LOGS}/make_dataset/{{dataset}}.log",
     wildcard_constraints:
         dataset=one_of(MADE_DATASETS),
+    localrule: True
     params:
         source=lambda wc: CFG["datasets"][wc.dataset]["make"]["source"],
         resolution=lambda wc: CFG["datasets"][wc.dataset]["resolution"],
         channels=lambda wc: CFG["datasets"][wc.dataset]["channels"],
         max_images=lambda wc: CFG["datasets"][wc.dataset]["make"]["max_images"] or "",
-    log:
-        f"{LOGS}/make_dataset/{{dataset}}.log",
-    localrule: True
     shell:
         "eldistill make-dataset --source {params.source} --resolution {params.resolution}"
         " --channels {params.channels} $([ -n '{params.max_images}' ] && echo --max-images {params.max_images})"
@@ -33,10 +33,10 @@ rule link_dataset:
         external_dataset,
     output:
         f"{RESULTS}/data/{{dataset}}.zip",
-    wildcard_constraints:
-        dataset=one_of(LINKED_DATASETS),
     log:
         f"{LOGS}/link_dataset/{{dataset}}.log",
+    wildcard_constraints:
+        dataset=one_of(LINKED_DATASETS),
     localrule: True
     shell:
         "ln -sfn $(realpath {input}) {output} > {log} 2>&1"

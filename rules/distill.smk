@@ -16,12 +16,12 @@ rule distill:
         generator=f"{RESULTS}/runs/{{cell}}/generator.pt",
         metrics=f"{RESULTS}/runs/{{cell}}/metrics.jsonl",
         config=f"{RESULTS}/runs/{{cell}}/config.json",
-    wildcard_constraints:
-        cell=one_of(SINGLE_NODE),
     log:
         f"{LOGS}/distill/{{cell}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/distill/{{cell}}.tsv"
+    wildcard_constraints:
+        cell=one_of(SINGLE_NODE),
     threads: 1
     resources:
         gpu=lambda wc: plan_of(wc)["gpus"],

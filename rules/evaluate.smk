@@ -8,14 +8,14 @@ if PROTOCOL["name"] == "mini-classifier":
             f"{RESULTS}/data/{{dataset}}.zip",
         output:
             f"{RESULTS}/fid/{{dataset}}-classifier.pt",
-        params:
-            epochs=PROTOCOL["classifier_epochs"],
         log:
             f"{LOGS}/train_classifier/{{dataset}}.log",
         threads: 1
         resources:
             runtime=lambda wc, attempt: 30 * attempt,
             mem_mb=4000,
+        params:
+            epochs=PROTOCOL["classifier_epochs"],
         shell:
             "OMP_NUM_THREADS={threads} eldistill train-classifier --dataset {input} --out {output}"
             " --epochs {params.epochs} > {log} 2>&1"
@@ -38,26 +38,26 @@ else:
     rule download_reference:
         output:
             f"{RESULTS}/fid/{{dataset}}-{PROTOCOL['name']}{{ext}}",
-        wildcard_constraints:
-            ext=r"\.npz|\.pkl",
-        params:
-            url=lambda wc: PROTOCOL["references"][wc.dataset],
         log:
             f"{LOGS}/download/reference-{{dataset}}{{ext}}.log",
-        localrule: True
+        wildcard_constraints:
+            ext=r"\.npz|\.pkl",
         retries: 2
+        localrule: True
+        params:
+            url=lambda wc: PROTOCOL["references"][wc.dataset],
         shell:
             "eldistill download --url {params.url} --out {output} > {log} 2>&1"
 
     rule download_feature_net:
         output:
             f"{RESULTS}/fid/inception-2015-12-05.pt",
-        params:
-            url=PROTOCOL["feature_net_url"],
         log:
             f"{LOGS}/download/inception.log",
-        localrule: True
         retries: 2
+        localrule: True
+        params:
+            url=PROTOCOL["feature_net_url"],
         shell:
             "eldistill download --url {params.url} --out {output} > {log} 2>&1"
 
@@ -77,13 +77,6 @@ rule evaluate:
     output:
         fid=f"{RESULTS}/runs/{{cell}}/fid.jsonl",
         samples=f"{RESULTS}/runs/{{cell}}/samples.png",
-    params:
-        run=lambda wc: f"{RESULTS}/runs/{wc.cell}",
-        state=lambda wc: f"{RESULTS}/state/{wc.cell}",
-        protocol=PROTOCOL["name"],
-        num_samples=PROTOCOL["num_samples"],
-        aggregation=PROTOCOL["aggregation"],
-        snapshots=lambda wc: "--snapshots" if cell_of(wc).snapshot_images > 0 else "",
     log:
         f"{LOGS}/evaluate/{{cell}}.log",
     threads: 1
@@ -92,8 +85,17 @@ rule evaluate:
         tasks_per_gpu=0,
         runtime=lambda wc, attempt: (120 if ON_GPU else 30) * attempt,
         mem_mb=lambda wc, attempt: (32000 if ON_GPU else 4000) * attempt,
+    params:
+        run=lambda wc: f"{RESULTS}/runs/{wc.cell}",
+        state=lambda wc: f"{RESULTS}/state/{wc.cell}",
+        protocol=PROTOCOL["name"],
+        num_samples=PROTOCOL["num_samples"],
+        aggregation=PROTOCOL["aggregation"],
+        snapshots=lambda wc: "--snapshots" if cell_of(wc).snapshot_images > 0 else "",
     shell:
         "OMP_NUM_THREADS={threads} eldistill evaluate --run {params.run}"
         " --state-dir {params.state} --protocol {params.protocol} --reference {input.reference}"
         " --feature-net {input.feature_net} --num-samples {params.num_samples} --aggregation {params.aggregation}"
-        " {params.snapshots} --device " + ("cuda" if ON_GPU else "cpu") + " > {log} 2>&1"
+        " {params.snapshots} --device "
+        + ("cuda" if ON_GPU else "cpu")
+        + " > {log} 2>&1"

@@ -9,11 +9,11 @@ rule grid:
     output:
         grid=GRID_CSV,
         cells=expand(f"{RESULTS}/cells/{{cell}}.json", cell=CELL_IDS),
-    params:
-        rows=GRID.rows,  # a changed grid rewrites the files (params trigger)
     log:
         f"{LOGS}/grid.log",
     localrule: True
+    params:
+        rows=GRID.rows,  # a changed grid rewrites the files (params trigger)
     run:
         from eldistill.grid import write_cells, write_grid_csv
 
@@ -26,11 +26,6 @@ if CFG["gradvar"]:
     rule gradvar:
         output:
             f"{RESULTS}/gradvar/gradvar.csv",
-        params:
-            ks=",".join(map(str, CFG["gradvar"]["ks"])),
-            batches=",".join(map(str, CFG["gradvar"]["batches"])),
-            repeats=CFG["gradvar"]["repeats"],
-            resolution=CFG["gradvar"]["resolution"],
         log:
             f"{LOGS}/gradvar.log",
         benchmark:
@@ -40,6 +35,11 @@ if CFG["gradvar"]:
             gpu=1 if ON_GPU else 0,
             tasks_per_gpu=0,
             runtime=lambda wc, attempt: 60 * attempt,
+        params:
+            ks=",".join(map(str, CFG["gradvar"]["ks"])),
+            batches=",".join(map(str, CFG["gradvar"]["batches"])),
+            repeats=CFG["gradvar"]["repeats"],
+            resolution=CFG["gradvar"]["resolution"],
         shell:
             "OMP_NUM_THREADS={threads} eldistill gradvar --out {output} --ks {params.ks} --batches {params.batches}"
             " --repeats {params.repeats} --resolution {params.resolution} > {log} 2>&1"
@@ -51,17 +51,21 @@ rule tables:
         fid=expand(f"{RESULTS}/runs/{{cell}}/fid.jsonl", cell=TABLE_CELLS),
         gradvar=[f"{RESULTS}/gradvar/gradvar.csv"] if CFG["gradvar"] else [],
     output:
-        [report(path, category="Tables") for path in TABLE_FILES if path.endswith(".csv")],
+        [
+            report(path, category="Tables")
+            for path in TABLE_FILES
+            if path.endswith(".csv")
+        ],
         [path for path in TABLE_FILES if not path.endswith(".csv")],
         samples=directory(f"{RESULTS}/tables/samples"),
+    log:
+        f"{LOGS}/tables.log",
+    localrule: True
     params:
         runs=f"{RESULTS}/runs",
         benchmarks=f"{RESULTS}/benchmarks/distill",
         gradvar=lambda wc, input: f"--gradvar {input.gradvar}" if input.gradvar else "",
         out=f"{RESULTS}/tables",
-    log:
-        f"{LOGS}/tables.log",
-    localrule: True
     shell:
         "eldistill tables --grid {input.grid} --runs {params.runs} --benchmarks {params.benchmarks}"
         " {params.gradvar} --out {params.out} > {log} 2>&1"
@@ -73,15 +77,19 @@ rule figure:
         f"{RESULTS}/tables/samples",
     output:
         pdf=f"{RESULTS}/figures/{{figure}}.pdf",
-        png=report(f"{RESULTS}/figures/{{figure}}.png", category="Figures", caption="report/figure.rst"),
+        png=report(
+            f"{RESULTS}/figures/{{figure}}.png",
+            category="Figures",
+            caption="report/figure.rst",
+        ),
+    log:
+        f"{LOGS}/figures/{{figure}}.log",
     wildcard_constraints:
         figure=one_of(FIGURES),
+    localrule: True
     params:
         tables=f"{RESULTS}/tables",
         out=f"{RESULTS}/figures",
-    log:
-        f"{LOGS}/figures/{{figure}}.log",
-    localrule: True
     shell:
         "eldistill figures --tables {params.tables} --figure {wildcards.figure} --out {params.out} > {log} 2>&1"
 
@@ -92,14 +100,18 @@ rule diff:
         reported=CFG["reported"],
         tolerances=CFG["tolerances"],
     output:
-        csv=report(f"{RESULTS}/diff/diff.csv", category="Paper diff", caption="report/diff.rst"),
+        csv=report(
+            f"{RESULTS}/diff/diff.csv",
+            category="Paper diff",
+            caption="report/diff.rst",
+        ),
         md=f"{RESULTS}/diff/diff.md",
-    params:
-        tables=f"{RESULTS}/tables",
-        out=f"{RESULTS}/diff",
     log:
         f"{LOGS}/diff.log",
     localrule: True
+    params:
+        tables=f"{RESULTS}/tables",
+        out=f"{RESULTS}/diff",
     shell:
         "eldistill diff --reported {input.reported} --tables {params.tables} --tolerances {input.tolerances}"
         " --out {params.out} > {log} 2>&1"
@@ -124,3 +136,25 @@ for _figure in FIGURES:
         input:
             [f"{RESULTS}/figures/{_figure}.{ext}" for ext in ("pdf", "png")],
         localrule: True
+
+
+# `snakemake report`: everything, then Snakemake's own HTML report (tables, figures, the diff, the provenance
+# of each job) as one self-contained file. --nolock: the running Snakemake holds the lock of this directory.
+REPORT_CONFIGFILES = " ".join(str(Path(f).resolve()) for f in workflow.configfiles)
+
+
+rule report:
+    input:
+        TABLE_FILES,
+        FIGURE_FILES,
+        f"{RESULTS}/diff/diff.csv",
+    output:
+        f"{RESULTS}/report.html",
+    log:
+        f"{LOGS}/report.log",
+    localrule: True
+    params:
+        snakefile=workflow.main_snakefile,
+        configfiles=f"--configfile {REPORT_CONFIGFILES}" if REPORT_CONFIGFILES else "",
+    shell:
+        "snakemake --snakefile {params.snakefile} --nolock --report {output} {params.configfiles} > {log} 2>&1"

@@ -14,20 +14,22 @@ rule train_teacher:
     output:
         teacher=f"{RESULTS}/teachers/{{teacher}}.pt",
         samples=f"{RESULTS}/teachers/{{teacher}}.png",
-    wildcard_constraints:
-        teacher=one_of(TRAINED_TEACHERS),
-    params:
-        state=lambda wc: f"{RESULTS}/state/teacher-{wc.teacher}",
-        train=lambda wc: CFG["teachers"][wc.teacher]["train"],
-        conditional=lambda wc: "--conditional" if CFG["teachers"][wc.teacher]["conditional"] else "",
     log:
         f"{LOGS}/train_teacher/{{teacher}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train_teacher/{{teacher}}.tsv"
+    wildcard_constraints:
+        teacher=one_of(TRAINED_TEACHERS),
     threads: 1
     resources:
         runtime=lambda wc, attempt: 60 * attempt,
         mem_mb=4000,
+    params:
+        state=lambda wc: f"{RESULTS}/state/teacher-{wc.teacher}",
+        train=lambda wc: CFG["teachers"][wc.teacher]["train"],
+        conditional=lambda wc: (
+            "--conditional" if CFG["teachers"][wc.teacher]["conditional"] else ""
+        ),
     shell:
         "OMP_NUM_THREADS={threads} eldistill train-teacher --dataset {input} --out {output.teacher}"
         " --state-dir {params.state} --preset {params.train[preset]} {params.conditional}"
@@ -38,15 +40,17 @@ rule train_teacher:
 rule download_teacher:
     output:
         f"{RESULTS}/teachers/{{teacher}}.pkl",
-    wildcard_constraints:
-        teacher=one_of(DOWNLOADED_TEACHERS),
-    params:
-        url=lambda wc: CFG["teachers"][wc.teacher]["url"],
-        sha256=lambda wc: f"--sha256 {s}" if (s := CFG["teachers"][wc.teacher]["sha256"]) else "",
     log:
         f"{LOGS}/download/{{teacher}}.log",
-    localrule: True
+    wildcard_constraints:
+        teacher=one_of(DOWNLOADED_TEACHERS),
     retries: 2
+    localrule: True
+    params:
+        url=lambda wc: CFG["teachers"][wc.teacher]["url"],
+        sha256=lambda wc: (
+            f"--sha256 {s}" if (s := CFG["teachers"][wc.teacher]["sha256"]) else ""
+        ),
     shell:
         "eldistill download --url {params.url} --out {output} {params.sha256} > {log} 2>&1"
 
@@ -56,10 +60,10 @@ rule convert_teacher:
         f"{RESULTS}/teachers/{{teacher}}.pkl",
     output:
         f"{RESULTS}/teachers/{{teacher}}.pt",
-    wildcard_constraints:
-        teacher=one_of(DOWNLOADED_TEACHERS),
     log:
         f"{LOGS}/convert_teacher/{{teacher}}.log",
+    wildcard_constraints:
+        teacher=one_of(DOWNLOADED_TEACHERS),
     localrule: True
     shell:
         "eldistill convert-teacher {input} {output} > {log} 2>&1"
