@@ -379,9 +379,19 @@ def launch(
 
 
 def slurm_state(job_id: str) -> str:
-    """The job's state from squeue (finished jobs stay listed for MinJobAge), else 'UNKNOWN'."""
-    out = subprocess.run(["squeue", "-h", "--states=all", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
-    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "UNKNOWN"
+    """The job's state from squeue (finished jobs stay listed for MinJobAge), then from sacct (clusters with
+    accounting), else 'UNKNOWN'."""
+    for cmd in (
+        ["squeue", "-h", "--states=all", "-j", job_id, "-o", "%T"],
+        ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State"],
+    ):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.split()[0]  # sacct writes e.g. "CANCELLED by 0": the state is the first word
+    return "UNKNOWN"
 
 
 REQUEUE_STATES = {"REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "PENDING", "COMPLETING", "PREEMPTED"}
@@ -401,8 +411,7 @@ def wait(jobs: list, cells: list[Cell], poll_s: float = 2.0, timeout_s: float | 
             metrics = Path(cell.run_dir) / "metrics.jsonl"
             records = read_jsonl(metrics) if metrics.exists() else []
             if records:
-                seen = records[-1].get("images_seen", records[-1].get("images", 0))
-                bars[i].n = min(int(seen or 0), cell.total_images)
+                bars[i].n = min(int(records[-1].get("images_seen", 0)), cell.total_images)
                 bars[i].refresh()
             tasks = [job.task(k) for k in range(job.num_tasks)]  # a multi-node job: one result file per task
             if all(t.paths.result_pickle.exists() for t in tasks):

@@ -153,7 +153,10 @@ def plan(
     if cpu:
         gpus, nodes, batch_gpu, flops = 0, 1, batch, CPU_FLOPS
     else:
-        fit = max_batch_gpu(net_res, teacher_params, gpu_mem_gb)
+        try:
+            fit = max_batch_gpu(net_res, teacher_params, gpu_mem_gb)
+        except ValueError as e:
+            raise ValueError(f"{e} (dataset '{dataset}')") from None
         gpus, nodes = _choose_gpus(batch, fit, gpus_per_node, max_gpus)
         batch_gpu = _largest_divisor_at_most(batch // gpus, fit)
         flops = gpu_flops * gpus
