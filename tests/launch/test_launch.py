@@ -159,3 +159,35 @@ def test_torchrun_path_trains_like_one_process(make_cell, tmp_path):
     got, want = load(cell.run_dir), load(reference.run_dir)
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+def test_requeue_bound_stops_with_state_saved(make_cell, tmp_path):
+    """With max_requeues=0 a preempted job does not requeue: it records the refusal and fails with a message
+    that says where the state is, and the training process saved that state before exiting. The job
+    callable runs in a process that sees the variables of a one-task SLURM job (no scheduler needed: the
+    refusal never calls scontrol)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from eldistill.io import read_jsonl
+
+    cell = make_cell("bounded", total_images=400)
+    cell.save(tmp_path / "cell.json")
+    env = dict(os.environ, SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID="77", SLURM_PROCID="0", SLURM_LOCALID="0")
+    env.update(SLURM_NTASKS="1", SLURM_JOB_NUM_NODES="1", SLURM_NODEID="0", SLURM_JOB_NODELIST="localhost")
+    code = f"from eldistill.launch import TrainCell; TrainCell({str(tmp_path / 'cell.json')!r}, max_requeues=0)()"
+    with open(tmp_path / "job.err", "w") as err:
+        job = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=err)
+        metrics = tmp_path / "bounded" / "runs" / "cell" / "metrics.jsonl"
+        deadline = time.time() + 180
+        while not (metrics.exists() and read_jsonl(metrics)) and time.time() < deadline:
+            time.sleep(0.2)
+        job.send_signal(signal.SIGUSR2)  # submitit's pre-time-out / preemption signal
+        assert job.wait(timeout=180) == 1
+    assert "stopped after 0 requeue(s), the limit (--max-requeues 0)" in (tmp_path / "job.err").read_text()
+    assert [r["event"] for r in read_jsonl(metrics.parent / "requeues.jsonl")] == ["start", "requeue_refused"]
+    assert any((tmp_path / "bounded" / "state" / "cell").iterdir()), "the training state was saved"
+    assert read_jsonl(metrics)[-1]["images_seen"] < 400, "it stopped mid-run"
