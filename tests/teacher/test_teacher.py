@@ -175,7 +175,7 @@ def test_conditional_teacher_takes_label_dim_from_the_dataset_and_cli_exit_codes
                            samples_png=tmp_path / "c.png", num_samples=12)  # fmt: skip
     assert result["images_seen"] == 32
     png = np.asarray(PIL.Image.open(tmp_path / "c.png"))
-    assert png.shape == (2 * 32, 8 * 32)  # 12 images in rows of 8, each 8x8 image enlarged to 32 pixels
+    assert png.shape == (2 * 32, 10 * 32)  # 12 images, one class per column, each 8x8 image enlarged to 32 px
 
 
 def test_conditional_needs_labels(tmp_path):
