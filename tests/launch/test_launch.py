@@ -48,6 +48,10 @@ def test_place_cell_fills_the_results_layout(make_cell, tmp_path):
     L.place_cell(cell, tmp_path / "results" / "mini")
     assert cell.run_dir == str(tmp_path / "results" / "mini" / "runs" / cell.cell_id)
     assert cell.state_dir == str(tmp_path / "results" / "mini" / "state" / cell.cell_id)
+    (tmp_path / "results" / "mini" / "runs" / cell.cell_id).mkdir(parents=True)
+    (tmp_path / "results" / "mini" / "runs" / cell.cell_id / "generator.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="already finished .*generator.pt"):
+        L.place_cell(cell, None)
 
 
 def test_teacher_shape_counts_parameters(tiny_files, tmp_path):

@@ -66,6 +66,9 @@ def place_cell(cell: Cell, results_dir: str | Path | None) -> Cell:
     for key in ("run_dir", "state_dir"):
         if not getattr(cell, key):
             raise ValueError(f"cell {cell.cell_id}: '{key}' is empty; pass --results results/<scale>")
+    final = Path(cell.run_dir) / "generator.pt"
+    if final.exists():  # GPU hours are not spent twice: a finished cell is only retrained on purpose
+        raise ValueError(f"cell {cell.cell_id} already finished ({final}); delete that file to train it again")
     return cell
 
 
