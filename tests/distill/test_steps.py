@@ -123,3 +123,13 @@ def test_dmd1_regression_pulls_the_generator_to_teacher_pairs(make_cell):
 
         per_pair = ((one_step(d.teacher, d.ref_noise, 80.0) - d.ref_images) ** 2).flatten(1).mean(1)
     assert 0 < logs["loss/generator/regression"] <= per_pair.max().item() + 1e-6
+
+
+def test_train_help_lists_every_distiller(capsys):
+    from eldistill.cell import DISTILLERS
+    from eldistill.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in DISTILLERS) and "requeue" in out

@@ -74,11 +74,16 @@ def average_gradients(params: list[torch.nn.Parameter], world_size: int) -> None
 
 def any_process(flag: bool, device: torch.device, world_size: int) -> bool:
     """True on every process when `flag` is True on at least one."""
+    return any_processes([flag], device, world_size)[0]
+
+
+def any_processes(flags: list[bool], device: torch.device, world_size: int) -> list[bool]:
+    """Element-wise `any_process` in one all-reduce, so every process takes the same decisions."""
     if world_size == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+        return list(flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     tdist.all_reduce(t)
-    return bool(t.item() > 0)
+    return [bool(v > 0) for v in t.tolist()]
 
 
 def sum_over_processes(values: torch.Tensor, world_size: int) -> torch.Tensor:

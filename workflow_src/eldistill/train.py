@@ -439,7 +439,8 @@ class Trainer:
         )
         tick: dict[str, list[float]] = defaultdict(list)
         tick_start, tick_images, last_state_save = time.time(), self.images_seen, time.time()
-        last = {}
+        log_path = self.run_dir / "metrics.jsonl"
+        last = (read_jsonl(log_path) or [{}])[-1] if resumed and log_path.exists() else {}
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         while self.images_seen < cell.total_images:
@@ -468,8 +469,11 @@ class Trainer:
             snapshot = self.crossed(cell.snapshot_images, before)
             if snapshot or done:
                 self.save_snapshot()
-            stop_now = dist.any_process(stop.signum is not None, self.device, self.world)
-            if snapshot or done or stop_now or time.time() - last_state_save > STATE_SAVE_SECONDS:
+            # Collective decisions: saving has a barrier, so every process must choose the same.
+            stop_now, periodic = dist.any_processes(
+                [stop.signum is not None, time.time() - last_state_save > STATE_SAVE_SECONDS], self.device, self.world
+            )
+            if snapshot or done or stop_now or periodic:
                 self.save_state()
                 last_state_save = time.time()
             if stop_now and not done:
