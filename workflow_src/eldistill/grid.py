@@ -216,8 +216,6 @@ def _make_cell(
     for key in ("batch", "total_images"):
         if key not in settings:
             raise ConfigError(f"config: {where}.{key}: not given (set it in defaults, base, vary or variants)")
-    if settings["n_archs"] < 1 or settings["n_archs"] > len(EMBEDDER_FAMILIES):
-        raise ConfigError(f"config: {where}.n_archs: must be 1 to {len(EMBEDDER_FAMILIES)}")
     el_on = bool(settings["el"])
     el = dict(settings["el_args"])
     el.update(
