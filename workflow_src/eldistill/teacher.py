@@ -302,7 +302,7 @@ def train_teacher(
         save_network(out, ema, meta=meta)
         if samples_png is not None:
             nrow = ema.label_dim if 2 <= ema.label_dim <= 16 else 8  # conditional: one class per column
-        save_grid(sample_teacher(ema, num_samples, seed=seed), samples_png, nrow=nrow)
+            save_grid(sample_teacher(ema, num_samples, seed=seed), samples_png, nrow=nrow)
         return result
 
 
