@@ -133,3 +133,11 @@ def test_train_help_lists_every_distiller(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert all(name in out for name in DISTILLERS) and "requeue" in out
+
+
+def test_sid2a_refuses_a_generator_of_another_sigma_init(make_cell, tmp_path, net_factory):
+    init = tmp_path / "di-generator.pt"
+    save_network(init, net_factory(seed=1), meta={"kind": "generator", "sigma_init": 1.0})
+    cell = make_cell(distiller="sid2a", init_generator=str(init))
+    with pytest.raises(ValueError, match="init_generator.*sigma_init 1.0"):
+        Trainer(cell, dist.setup(device="cpu"))

@@ -164,8 +164,16 @@ class Trainer:
         self.rounds = self.batch_local // self.batch_gpu
 
         teacher = load_network(cell.teacher)[0].to(self.device)  # the distiller's copies are made on the device
-        init = load_network(cell.init_generator)[0].to(self.device) if cell.init_generator else None
+        init = None
+        if cell.init_generator:
+            init, init_meta = load_network(cell.init_generator)
+            init = init.to(self.device)
         self.distiller = build_distiller(cell.distiller, teacher, cell.distiller_args, init)
+        if init is not None and init_meta.get("sigma_init", self.distiller.sigma_init) != self.distiller.sigma_init:
+            raise ValueError(
+                f"init_generator: {cell.init_generator} was trained at sigma_init {init_meta['sigma_init']}, "
+                f"but {cell.distiller} uses {self.distiller.sigma_init} (set distiller_args.sigma_init)"
+            )
         self.teacher = teacher
         self.nets = {name: net.to(self.device) for name, net in self.distiller.nets.items()}
         self.extra = {name: m.to(self.device) for name, m in self.distiller.extra_modules.items()}
