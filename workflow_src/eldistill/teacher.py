@@ -177,7 +177,7 @@ def train_teacher(
     out, state_dir = Path(out), Path(state_dir)
     state_path = state_dir / STATE_FILE
 
-    ds = ImageDataset(dataset, preload=True)
+    ds = ImageDataset(dataset)  # lazy: a finished run must not pay for decoding every image
     if conditional and ds.label_dim == 0:
         raise ValueError(f"train-teacher: --conditional needs class labels, but {dataset} has no dataset.json labels")
     network = preset(
@@ -198,7 +198,20 @@ def train_teacher(
         "p_std": p_std,
         "seed": seed,
     }
+    state = _read_state(state_path) if state_path.exists() else None
+    if state is not None:
+        for key in RESULT_KEYS:
+            if state["settings"].get(key) != settings[key]:
+                raise ValueError(
+                    f"{state_path}: saved '{key}' = {state['settings'].get(key)!r} differs from this run's "
+                    f"{settings[key]!r}; use another --state-dir or delete the state to start over"
+                )
+        done = state["images_seen"] >= total_images and out.exists()
+        if done and (samples_png is None or Path(samples_png).exists()):
+            return {"status": "finished", "images_seen": int(state["images_seen"]), "seconds": float(state["seconds"]),
+                    "out": str(out), "state": str(state_path)}  # fmt: skip
 
+    ds = ImageDataset(dataset, preload=True)
     torch.manual_seed(seed)
     net = build_network(network)
     ema = build_network(network)
@@ -207,15 +220,7 @@ def train_teacher(
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
     generator = torch.Generator().manual_seed(seed)
     images_seen, seconds = 0, 0.0
-
-    if state_path.exists():
-        state = _read_state(state_path)
-        for key in RESULT_KEYS:
-            if state["settings"].get(key) != settings[key]:
-                raise ValueError(
-                    f"{state_path}: saved '{key}' = {state['settings'].get(key)!r} differs from this run's "
-                    f"{settings[key]!r}; use another --state-dir or delete the state to start over"
-                )
+    if state is not None:
         net.load_state_dict(state["net"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -240,8 +245,6 @@ def train_teacher(
         )
 
     result = {"images_seen": images_seen, "out": str(out), "state": str(state_path)}
-    if images_seen >= total_images and out.exists() and (samples_png is None or Path(samples_png).exists()):
-        return {**result, "status": "finished", "seconds": seconds}
 
     net.train()
     stop_at = total_images if stop_after_images is None else min(total_images, images_seen + stop_after_images)
