@@ -199,5 +199,14 @@ def test_bad_forward_input(images):
         el(ok, ok[0])
     bad = ok.clone()
     bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteInputError, match="x_real contains NaN or inf"):
+        el(ok, bad)
     with pytest.raises(NonFiniteInputError, match="x_gen contains NaN or inf"):
-        el(bad, ok)
+        EmbeddingLoss(check_gen_finite=True, **SMALL)(bad, ok)
+
+
+def test_nonfinite_generator_output_gives_a_nan_loss_for_the_training_guard(images):
+    bad = images(4)
+    bad[1, 0, 2, 2] = float("inf")
+    value, per = EmbeddingLoss(**SMALL)(bad.requires_grad_(), images(4, seed=1))
+    assert not torch.isfinite(value) and not bool(torch.isfinite(per).any())

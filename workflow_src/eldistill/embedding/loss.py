@@ -63,6 +63,9 @@ class EmbeddingLoss(nn.Module):
     forward(x_gen, x_real) -> (el, per_embedder): el is the mean of the K per-embedder MMD^2 values.
     Inputs are images in [-1, 1], (B, in_channels, H, W), any resolution (resized to working_size).
     Gradients reach x_gen only; half-precision inputs and autocast regions are computed in float32.
+    NaN/inf in x_real (a data problem) raises NonFiniteInputError, a ValueError. NaN/inf in x_gen (a
+    diverging generator) gives a NaN loss by default, so the training loop's non-finite-step guard skips
+    the step on every rank alike; check_gen_finite=True raises for it too.
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class EmbeddingLoss(nn.Module):
         working_size: int = 32,
         seed: int = 0,
         in_channels: int = 3,
+        check_gen_finite: bool = False,
     ):
         super().__init__()
         if isinstance(archs, str):
@@ -100,6 +104,7 @@ class EmbeddingLoss(nn.Module):
         self.bandwidths, self.bandwidth_mode = bandwidths, bandwidth_mode
         self.estimator, self.feature_norm = estimator, feature_norm
         self.working_size, self.seed, self.in_channels = working_size, int(seed), in_channels
+        self.check_gen_finite = check_gen_finite
         self.embedders = nn.ModuleList(
             [build_embedder(a, seed + i, in_channels, working_size) for a in self.archs for i in range(inits_per_arch)]
         )
@@ -130,7 +135,7 @@ class EmbeddingLoss(nn.Module):
     def train(self, mode: bool = True) -> EmbeddingLoss:
         return super().train(False)  # the embedders are frozen: never in training mode
 
-    def _check_images(self, x: torch.Tensor, name: str) -> None:
+    def _check_images(self, x: torch.Tensor, name: str, finite: bool = True) -> None:
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise ValueError(f"{name} must be images (B, C, H, W), got shape {tuple(getattr(x, 'shape', ()))}")
         if x.shape[1] != self.in_channels:
@@ -139,7 +144,8 @@ class EmbeddingLoss(nn.Module):
             raise ValueError(f"{name} is an empty batch")
         if self.estimator == "unbiased" and x.shape[0] < 2:
             raise ValueError(f"{name} has batch {x.shape[0]}; the unbiased estimator needs at least 2 images")
-        check_finite(x, name)
+        if finite:
+            check_finite(x, name)
 
     def embedder_mmd2(self, embedder: nn.Module, x_gen: torch.Tensor, x_real: torch.Tensor) -> torch.Tensor:
         """MMD^2 in one embedder's features with this loss's settings (inputs already checked and cast)."""
@@ -148,7 +154,7 @@ class EmbeddingLoss(nn.Module):
         )
 
     def forward(self, x_gen: torch.Tensor, x_real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check_images(x_gen, "x_gen")
+        self._check_images(x_gen, "x_gen", finite=self.check_gen_finite)
         self._check_images(x_real, "x_real")
         dtype = next(iter(self.buffers())).dtype  # float32 unless the module was cast (e.g. .double())
         values = []
