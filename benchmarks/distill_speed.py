@@ -8,8 +8,8 @@ ratio (with / without), at the miniature size and at CIFAR-10 shape (EDM's 56 M 
 Networks have random weights (speed does not depend on them); the dataset is random noise images written to
 a temporary folder. Each timing is the median over --iters iterations after --warmup iterations of the real
 training loop (eldistill.train.Trainer.iteration): wall time on a GPU, process CPU time on the CPU (run with
-OMP_NUM_THREADS=1 there, so that it equals the compute of one core whatever else the machine runs). Budget from the issue: overhead <= 1.10 for SiD with the
-4 x 4 ensemble.
+OMP_NUM_THREADS=1 there, so that it equals the compute of one core whatever else the machine runs).
+Budget from the issue: overhead <= 1.10 for SiD with the 4 x 4 ensemble.
 """
 
 from __future__ import annotations
