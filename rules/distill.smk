@@ -27,8 +27,9 @@ rule distill:
         gpu=lambda wc: plan_of(wc)["gpus"],
         nodes=lambda wc: plan_of(wc)["nodes"],
         tasks_per_gpu=0,  # one process per job; torchrun spawns one worker per GPU (never --ntasks-per-gpu)
+        # a retry resumes from the saved state with more time; memory stays (a GPU node has no more to give)
         runtime=lambda wc, attempt: plan_of(wc)["runtime_min"] * attempt,
-        mem_mb=lambda wc, attempt: plan_of(wc)["mem_mb"] * attempt,
+        mem_mb=lambda wc: plan_of(wc)["mem_mb"],
     shell:
         "if [ {resources.nodes} -gt 1 ]; then launch='srun eldistill';"
         " elif [ {resources.gpu} -gt 1 ]; then"
@@ -50,4 +51,4 @@ use rule distill as distill_multinode with:
         tasks_per_gpu=1,
         mpi="srun",
         runtime=lambda wc, attempt: plan_of(wc)["runtime_min"] * attempt,
-        mem_mb=lambda wc, attempt: plan_of(wc)["mem_mb"] * attempt,
+        mem_mb=lambda wc: plan_of(wc)["mem_mb"],
