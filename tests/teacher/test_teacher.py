@@ -78,14 +78,15 @@ def test_ema_beta_follows_edm_halflife_with_rampup():
 
 def test_save_grid_places_tiles_row_major(tmp_path):
     images = torch.stack([torch.full((1, 4, 4), v) for v in (-1.0, -0.5, 0.0, 0.5, 1.0)])
-    path = save_grid(images, tmp_path / "g.png", nrow=3, min_tile=8)
+    path = save_grid(images, tmp_path / "g.png", nrow=3, min_tile=8, gap=2)
     grid = np.asarray(PIL.Image.open(path))
-    assert grid.shape == (16, 24)  # 2 rows x 3 columns of 8-pixel tiles
+    assert grid.shape == (2 * 8 + 2, 3 * 8 + 2 * 2)  # 2 rows x 3 columns of 8-pixel tiles, 2-pixel gaps
     expected = [0, 64, 128, 191, 255]  # EDM's quantisation of -1, -0.5, 0, 0.5, 1
     for i, value in enumerate(expected):
         r, k = divmod(i, 3)
-        assert (grid[r * 8 : (r + 1) * 8, k * 8 : (k + 1) * 8] == value).all()
-    assert (grid[8:, 16:] == 0).all()  # the empty slot stays black
+        assert (grid[r * 10 : r * 10 + 8, k * 10 : k * 10 + 8] == value).all()
+    assert (grid[8:10, :] == 128).all() and (grid[:, 8:10] == 128).all()  # grey gaps
+    assert (grid[10:, 20:] == 128).all()  # the empty slot is background
 
 
 def _state_dict(path):
@@ -175,7 +176,7 @@ def test_conditional_teacher_takes_label_dim_from_the_dataset_and_cli_exit_codes
                            samples_png=tmp_path / "c.png", num_samples=12)  # fmt: skip
     assert result["images_seen"] == 32
     png = np.asarray(PIL.Image.open(tmp_path / "c.png"))
-    assert png.shape == (2 * 32, 10 * 32)  # 12 images, one class per column, each 8x8 image enlarged to 32 px
+    assert png.shape == (2 * 34 - 2, 10 * 34 - 2)  # 12 images, a class per column, 8x8 enlarged to 32 px, 2 px gaps
 
 
 def test_conditional_needs_labels(tmp_path):

@@ -79,17 +79,19 @@ def ema_beta(images_seen: int, batch: int, halflife_images: float, rampup_ratio:
     return 0.5 ** (batch / max(halflife, 1e-8))
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, min_tile: int = 32) -> Path:
-    """A PNG grid of images in [-1, 1], each tile enlarged (nearest) to at least `min_tile` pixels."""
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, min_tile: int = 32, gap: int = 2) -> Path:
+    """A PNG grid of images in [-1, 1], each tile enlarged (nearest) to at least `min_tile` pixels, with a grey
+    `gap` between tiles (digits touch their borders; without it neighbours merge)."""
     x = to_uint8(images.detach().cpu())
     scale = max(1, math.ceil(min_tile / x.shape[-1]))
     x = x.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
     n, c, h, w = x.shape
     rows = math.ceil(n / nrow)
-    grid = torch.zeros((c, rows * h, nrow * w), dtype=torch.uint8)
+    grid = torch.full((c, rows * (h + gap) - gap, nrow * (w + gap) - gap), 128, dtype=torch.uint8)
     for i in range(n):
         r, k = divmod(i, nrow)
-        grid[:, r * h : (r + 1) * h, k * w : (k + 1) * w] = x[i]
+        top, left = r * (h + gap), k * (w + gap)
+        grid[:, top : top + h, left : left + w] = x[i]
     array = grid.permute(1, 2, 0).numpy()
     image = PIL.Image.fromarray(array[:, :, 0] if c == 1 else array[:, :, :3])
     buffer = io.BytesIO()
