@@ -141,3 +141,19 @@ def test_sid2a_refuses_a_generator_of_another_sigma_init(make_cell, tmp_path, ne
     cell = make_cell(distiller="sid2a", init_generator=str(init))
     with pytest.raises(ValueError, match="init_generator.*sigma_init 1.0"):
         Trainer(cell, dist.setup(device="cpu"))
+
+
+@pytest.mark.parametrize(
+    "distiller, kind, weight_decay",
+    [("sid", torch.optim.Adam, 0.0), ("dmd", torch.optim.AdamW, 0.01), ("cm", torch.optim.RAdam, 0.0)],
+)
+def test_each_distiller_gets_its_references_optimizer(make_cell, distiller, kind, weight_decay):
+    trainer = Trainer(make_cell(distiller=distiller, lr=2e-4, glr=3e-4), dist.setup(device="cpu"))
+    for name, opt in trainer.optimizers.items():
+        assert type(opt) is kind
+        group = opt.param_groups[0]
+        assert group["lr"] == (3e-4 if name == "generator" else 2e-4) and group["weight_decay"] == weight_decay
+        assert group["betas"] == (0.0, 0.999) and group["eps"] == 1e-8
+        assert {id(p) for p in group["params"]} == {id(p) for p in trainer.nets[name].parameters()}
+    with pytest.raises(ValueError, match="optimizer"):
+        Trainer(make_cell(distiller="dmd", distiller_args={"optimizer": "sgd"}), dist.setup(device="cpu"))

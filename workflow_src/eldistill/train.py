@@ -116,10 +116,16 @@ def ema_beta(images_seen: int, batch: int, halflife_images: int) -> float:
     return 0.5 ** (batch / max(h, 1e-8))
 
 
-def build_optimizer(params, lr: float, betas, eps: float, weight_decay: float) -> torch.optim.Optimizer:
-    if weight_decay > 0:
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
-    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps)
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
+
+
+def build_optimizer(
+    params, lr: float, betas, eps: float, weight_decay: float, kind: str = "adam"
+) -> torch.optim.Optimizer:
+    """The references' optimizers: Adam (EDM, SiD, DI), AdamW (DMD2), RAdam (consistency models)."""
+    if kind not in OPTIMIZERS:
+        raise ValueError(f"distiller_args: 'optimizer' is {kind!r}; choose one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[kind](params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
 
 def memory_mb(device: torch.device) -> dict[str, float]:
@@ -216,9 +222,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         eps = 1e-6 if cell.precision == "fp16" else 1e-8  # the references' Adam eps
         wd = float(self.distiller.args.get("weight_decay", 0.0))
+        kind = self.distiller.args.get("optimizer", "adam")
         self.optimizers = {
             name: build_optimizer(
-                net.parameters(), cell.generator_lr if name == "generator" else cell.lr, cell.adam_betas, eps, wd
+                net.parameters(), cell.generator_lr if name == "generator" else cell.lr, cell.adam_betas, eps, wd, kind
             )
             for name, net in self.nets.items()
         }

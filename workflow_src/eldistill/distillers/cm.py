@@ -26,6 +26,7 @@ class CM(Distiller):
         "target_ema": 0.95,  # mu of the target network theta- (fixed)
         "distance": "pseudo_huber",
         "huber_c": None,  # None = 0.00054 * sqrt(C*H*W)
+        "optimizer": "radam",  # openai/consistency_models and ECT use RAdam
     }
 
     def __init__(self, teacher, args=None, init_generator=None):
