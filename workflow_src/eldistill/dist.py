@@ -33,7 +33,8 @@ def setup(env: dict | None = None, device: str | None = None) -> DistInfo:
     info = distributed_env(os.environ if env is None else env)
     rank, local_rank, world = info["rank"], info["local_rank"], info["world_size"]
     if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        # device_index, not local_rank: a task that SLURM bound to one GPU sees it as cuda:0
+        device = f"cuda:{info['device_index']}" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)

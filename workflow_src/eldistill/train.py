@@ -537,7 +537,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "A rerun resumes from cell.state_dir. Several processes: start with torchrun or srun."
     )
     parser.add_argument("--config", required=True, help="the cell JSON (see eldistill.cell.Cell)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda:LOCAL_RANK if any)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the process's own GPU if any)")
 
 
 def run(args: argparse.Namespace) -> int:
