@@ -192,3 +192,17 @@ def test_non_finite_or_foreign_records_get_a_status(tmp_path):
     (run / "fid.jsonl").write_text('{"fid": 2.0, "kind": "final", "protocol": "p", "cell_id": "other"}\n')
     result, records = read_cell(run, "c1", "p")
     assert (result["status"], records) == ("cell_id_mismatch", []) and math.isnan(result["fid"])
+
+
+def test_rewritten_checkpoint_counts_with_its_current_content_only():
+    from eldistill.report.tables import _first_per_checkpoint
+
+    recs = [
+        {"kind": "snapshot", "checkpoint": "s1.pt", "checkpoint_digest": "old", "fid": 1.0},  # stale
+        {"kind": "snapshot", "checkpoint": "s2.pt", "checkpoint_digest": "a", "fid": 5.0},
+        {"kind": "snapshot", "checkpoint": "s1.pt", "checkpoint_digest": "new", "fid": 9.0},
+        {"kind": "snapshot", "checkpoint": "s1.pt", "checkpoint_digest": "new", "fid": 8.0},  # 2nd seed range
+        {"kind": "final", "checkpoint": "g.pt", "checkpoint_digest": "g", "fid": 8.0},
+    ]
+    kept = _first_per_checkpoint(recs)
+    assert [(r["checkpoint"], r["fid"]) for r in kept] == [("s2.pt", 5.0), ("s1.pt", 9.0), ("g.pt", 8.0)]

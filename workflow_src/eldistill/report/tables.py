@@ -210,14 +210,16 @@ def read_cell(run_dir: Path, cell_id: str, planned_protocol: str) -> tuple[dict,
 
 
 def _first_per_checkpoint(records: list[dict]) -> list[dict]:
-    """Drop repeated snapshot evaluations of one checkpoint (min-of-3-seeds evaluates the final generator on
-    two more seed ranges; the final record holds their minimum), so curves and fid_best_snapshot use the
-    first seed range, like every other snapshot."""
+    """One snapshot record per checkpoint: min-of-3-seeds evaluates the final generator on two more seed ranges
+    (the final record holds their minimum), so curves and fid_best_snapshot use the first seed range, like every
+    other snapshot. A checkpoint rewritten since (a retrained cell) counts only with its current content: records
+    whose checkpoint_digest differs from the latest one for that path are stale and dropped."""
+    latest = {r.get("checkpoint"): r.get("checkpoint_digest") for r in records if r.get("checkpoint") is not None}
     seen, kept = set(), []
     for r in records:
         checkpoint = r.get("checkpoint")
         if r.get("kind") == "snapshot" and checkpoint is not None:
-            if checkpoint in seen:
+            if checkpoint in seen or r.get("checkpoint_digest") != latest[checkpoint]:
                 continue
             seen.add(checkpoint)
         kept.append(r)
