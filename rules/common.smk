@@ -30,7 +30,6 @@ RESULTS = f"results/{SCALE}"
 LOGS = f"{RESULTS}/logs"
 CELL_IDS = sorted(GRID.cells)
 TABLES = GRID.tables
-FIGURES = ["convergence", "batch_size", "diversity", "gradvar", "frameworks", "samples"]
 PROTOCOL = CFG["protocol"]
 ON_GPU = CFG["hardware"]["gpus_per_node"] > 0
 
@@ -41,10 +40,18 @@ def one_of(names):
     return "|".join(re.escape(n) for n in names) if names else "(?!)"
 
 
-# What this config's figures need: gradvar only with a gradvar probe, the others with their experiment.
+# The figures of `eldistill figures` this config has data for: gradvar needs the probe, samples any cell, the
+# others the experiment of their name.
 FIGURES = [
     f
-    for f in FIGURES
+    for f in (
+        "convergence",
+        "batch_size",
+        "diversity",
+        "gradvar",
+        "frameworks",
+        "samples",
+    )
     if (f == "gradvar" and CFG["gradvar"]) or f == "samples" or f in CFG["experiments"]
 ]
 TABLE_FILES = [
