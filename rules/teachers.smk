@@ -20,7 +20,7 @@ rule train_teacher:
         f"{RESULTS}/benchmarks/train_teacher/{{teacher}}.tsv"
     wildcard_constraints:
         teacher=one_of(TRAINED_TEACHERS),
-    threads: 1
+    threads: 2  # on the critical path: every cell waits for its teacher
     resources:
         runtime=lambda wc, attempt: 60 * attempt,
         mem_mb=4000,
