@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from eldistill.grid import GRID_COLUMNS
 from eldistill.io import atomic_write_bytes, read_jsonl
 from eldistill.report.common import (
     NO_AUX,
@@ -46,24 +47,8 @@ from eldistill.report.common import (
     read_csv,
 )
 
-GRID_COLUMNS = (
-    "experiment",
-    "table",
-    "cell_id",
-    "scale",
-    "dataset",
-    "resolution",
-    "conditional",
-    "distiller",
-    "el",
-    "el_weight",
-    "batch",
-    "n_archs",
-    "inits_per_arch",
-    "aux_loss",
-    "total_images",
-    "protocol",
-)
+# the columns eldistill.grid writes; `gpus` is optional (old and hand-made grids lack it)
+REQUIRED_GRID_COLUMNS = tuple(c for c in GRID_COLUMNS if c != "gpus")
 NUMERIC_GRID = ("resolution", "el_weight", "batch", "n_archs", "inits_per_arch", "total_images", "gpus")
 RESULT_COLUMNS = (
     "fid",
@@ -134,7 +119,7 @@ def read_grid(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise ValueError(f"grid file not found: {path}")
     grid = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in GRID_COLUMNS if c not in grid.columns]
+    missing = [c for c in REQUIRED_GRID_COLUMNS if c not in grid.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
     if grid.empty:
@@ -435,7 +420,7 @@ def make_tables(
             conv.append(
                 {**{c: row[c] for c in CONVERGENCE_CELL_COLUMNS}, **{c: r.get(c) for c in CONVERGENCE_RECORD_COLUMNS}}
             )
-    columns = list(GRID_COLUMNS) + [c for c in grid.columns if c not in GRID_COLUMNS]
+    columns = list(REQUIRED_GRID_COLUMNS) + [c for c in grid.columns if c not in REQUIRED_GRID_COLUMNS]
     columns += [c for c in RESULT_COLUMNS if c not in columns]
     cells = pd.DataFrame(rows, columns=columns)
     cells["el"] = cells["el"].astype(bool)
