@@ -79,24 +79,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "channel_mult_noise": 1,
         "resample_filter": [1, 1],
     },
-    # EDM's AFHQv2 64x64 teacher: the FFHQ network with more dropout.
-    "afhqv2-64": {
-        "class_name": "EDMPrecond",
-        "model_type": "SongUNet",
-        "img_resolution": 64,
-        "img_channels": 3,
-        "label_dim": 0,
-        "use_fp16": False,
-        "augment_dim": 9,
-        "model_channels": 128,
-        "channel_mult": [1, 2, 2, 2],
-        "dropout": 0.25,
-        "embedding_type": "positional",
-        "encoder_type": "standard",
-        "decoder_type": "standard",
-        "channel_mult_noise": 1,
-        "resample_filter": [1, 1],
-    },
     # EDM's ImageNet-64 ADM teacher (edm-imagenet-64x64-cond-adm.pkl).
     "imagenet64": {
         "class_name": "EDMPrecond",
@@ -120,6 +102,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "dropout": 0.0,
     },
 }
+# EDM's AFHQv2 64x64 teacher: the FFHQ network with more dropout.
+PRESETS["afhqv2-64"] = {**PRESETS["ffhq64"], "dropout": 0.25}
 
 
 def preset(name: str, **overrides) -> dict[str, Any]:
