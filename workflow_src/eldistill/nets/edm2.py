@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .precond import jsonable
+from .precond import jsonable, prepare_inputs
 
 
 def normalize(x: torch.Tensor, dim=None, eps: float = 1e-4) -> torch.Tensor:
@@ -275,17 +275,9 @@ class EDM2Precond(torch.nn.Module):
         augment_labels=None,
     ):
         del augment_labels  # EDM2 trains without augmentation; accepted so every teacher takes the same call
-        x = x.to(torch.float32)
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
-        if sigma.shape[0] == 1:
-            sigma = sigma.expand(x.shape[0], 1, 1, 1)
-        if self.label_dim == 0:
-            class_labels = None
-        elif class_labels is None:
-            class_labels = torch.zeros([1, self.label_dim], device=x.device)
-        else:
-            class_labels = class_labels.to(torch.float32).reshape(-1, self.label_dim)
-        dtype = torch.float16 if self.use_fp16 and x.device.type == "cuda" and not force_fp32 else torch.float32
+        x, sigma, class_labels, dtype = prepare_inputs(
+            x, sigma, class_labels, self.label_dim, self.use_fp16, force_fp32
+        )
         sd = self.sigma_data
         c_skip = sd**2 / (sigma**2 + sd**2)
         c_out = sigma * sd / (sigma**2 + sd**2).sqrt()

@@ -18,6 +18,24 @@ import torch
 from .dhariwal import DhariwalUNet
 from .songunet import SongUNet
 
+
+def prepare_inputs(x, sigma, class_labels, label_dim: int, use_fp16: bool, force_fp32: bool):
+    """What every preconditioner does first (EDM and EDM2 alike): float32 input, sigma as (B, 1, 1, 1), labels
+    as (B, label_dim) float or None, and the dtype the backbone runs in (fp16 only on CUDA, as EDM does)."""
+    x = x.to(torch.float32)
+    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
+    if sigma.shape[0] == 1:
+        sigma = sigma.expand(x.shape[0], 1, 1, 1)
+    if label_dim == 0:
+        class_labels = None
+    elif class_labels is None:
+        class_labels = torch.zeros([1, label_dim], device=x.device)
+    else:
+        class_labels = class_labels.to(torch.float32).reshape(-1, label_dim)
+    dtype = torch.float16 if use_fp16 and x.device.type == "cuda" and not force_fp32 else torch.float32
+    return x, sigma, class_labels, dtype
+
+
 BACKBONES = {"SongUNet": SongUNet, "DhariwalUNet": DhariwalUNet}
 
 
@@ -62,17 +80,9 @@ class _EDMFamilyPrecond(torch.nn.Module):
         raise NotImplementedError
 
     def forward(self, x, sigma, class_labels=None, force_fp32=False, return_features=False, augment_labels=None):
-        x = x.to(torch.float32)
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
-        if sigma.shape[0] == 1:
-            sigma = sigma.expand(x.shape[0], 1, 1, 1)
-        if self.label_dim == 0:
-            class_labels = None
-        elif class_labels is None:
-            class_labels = torch.zeros([1, self.label_dim], device=x.device)
-        else:
-            class_labels = class_labels.to(torch.float32).reshape(-1, self.label_dim)
-        dtype = torch.float16 if self.use_fp16 and x.device.type == "cuda" and not force_fp32 else torch.float32
+        x, sigma, class_labels, dtype = prepare_inputs(
+            x, sigma, class_labels, self.label_dim, self.use_fp16, force_fp32
+        )
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         out = self.model(
             (c_in * x).to(dtype), c_noise.flatten(), class_labels,
