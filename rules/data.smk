@@ -1,12 +1,46 @@
-# Datasets: the offline miniature is made here; a paper dataset (prepared with EDM's dataset_tool.py) is
-# linked in from data_root, so that cell ids never depend on where a site keeps its data.
+# Datasets: the offline miniature is made here; a paper dataset lives at data_root/path (EDM's zip layout) and
+# is linked into results/<scale>/data/, so that cell ids never depend on where a site keeps its data. When that
+# file is not there yet and the dataset has a `prepare` entry, `eldistill prepare-dataset` writes it with EDM's
+# dataset_tool.py rules (from the CIFAR-10 tarball it downloads, or from a folder of images the site provides).
+# A source that is missing fails at run time with a message naming it; the dry run never needs the data.
 MADE_DATASETS = [n for n, d in CFG["datasets"].items() if "make" in d]
 LINKED_DATASETS = [n for n, d in CFG["datasets"].items() if "path" in d]
 
 
-def external_dataset(wildcards):
-    path = Path(CFG["datasets"][wildcards.dataset]["path"])
+def data_root_path(path):
+    path = Path(path)
     return str(path if path.is_absolute() else Path(CFG["data_root"]) / path)
+
+
+def external_dataset_path(name):
+    return data_root_path(CFG["datasets"][name]["path"])
+
+
+# decided when the workflow is read: a file already at data_root/path is used as it is, never rewritten
+PREPARED = {
+    external_dataset_path(n): n
+    for n in LINKED_DATASETS
+    if "prepare" in CFG["datasets"][n] and not Path(external_dataset_path(n)).exists()
+}
+DOWNLOADED_SOURCES = {
+    data_root_path(CFG["datasets"][n]["prepare"]["input"]): CFG["datasets"][n][
+        "prepare"
+    ]
+    for n in PREPARED.values()
+    if "url" in CFG["datasets"][n]["prepare"]
+}
+
+
+def external_dataset(wildcards):
+    """The prepared file, when it exists or a rule makes it; else nothing, and the link job names what is missing."""
+    path = external_dataset_path(wildcards.dataset)
+    return [path] if Path(path).exists() or path in PREPARED else []
+
+
+def prepare_source(wildcards):
+    prepare = CFG["datasets"][PREPARED[wildcards.prepared]]["prepare"]
+    path = data_root_path(prepare["input"])
+    return [path] if path in DOWNLOADED_SOURCES else []
 
 
 rule make_dataset:
@@ -28,6 +62,58 @@ rule make_dataset:
         " --out {output} > {log} 2>&1"
 
 
+rule download_dataset_source:
+    output:
+        "{source_file}",
+    log:
+        f"{LOGS}/download/{{source_file}}.log",
+    wildcard_constraints:
+        source_file=one_of(DOWNLOADED_SOURCES),
+    retries: 2
+    localrule: True
+    params:
+        url=lambda wc: DOWNLOADED_SOURCES[wc.source_file]["url"],
+        sha256=lambda wc: (
+            f"--sha256 {s}"
+            if (s := DOWNLOADED_SOURCES[wc.source_file]["sha256"])
+            else ""
+        ),
+    shell:
+        "eldistill download --url {params.url} --out {output} {params.sha256} > {log} 2>&1"
+
+
+rule prepare_dataset:
+    input:
+        prepare_source,
+    output:
+        "{prepared}",
+    log:
+        f"{LOGS}/prepare_dataset/{{prepared}}.log",
+    wildcard_constraints:
+        prepared=one_of(PREPARED),
+    threads: 1
+    resources:
+        runtime=lambda wc, attempt: 720 * attempt,  # ImageNet: 1.28 M images decoded and resized on one core
+        mem_mb=8000,
+    params:
+        source=lambda wc: CFG["datasets"][PREPARED[wc.prepared]]["prepare"]["source"],
+        input=lambda wc: data_root_path(
+            CFG["datasets"][PREPARED[wc.prepared]]["prepare"]["input"]
+        ),
+        resolution=lambda wc: CFG["datasets"][PREPARED[wc.prepared]]["resolution"],
+        transform=lambda wc: CFG["datasets"][PREPARED[wc.prepared]]["prepare"][
+            "transform"
+        ],
+        max_images=lambda wc: (
+            f"--max-images {m}"
+            if (m := CFG["datasets"][PREPARED[wc.prepared]]["prepare"]["max_images"])
+            else ""
+        ),
+    shell:
+        "eldistill prepare-dataset --source {params.source} --input {params.input} --out {output}"
+        " --resolution {params.resolution} --transform {params.transform} {params.max_images} > {log} 2>&1"
+
+
 rule link_dataset:
     input:
         external_dataset,
@@ -38,5 +124,7 @@ rule link_dataset:
     wildcard_constraints:
         dataset=one_of(LINKED_DATASETS),
     localrule: True
+    params:
+        path=lambda wc: external_dataset_path(wc.dataset),
     shell:
-        "ln -sfn $(realpath {input}) {output} > {log} 2>&1"
+        "eldistill prepare-dataset --source zip --input {params.path} --out {output} > {log} 2>&1"

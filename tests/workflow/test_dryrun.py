@@ -130,3 +130,23 @@ def test_a_bad_config_stops_before_any_job(tmp_path):
     text = result.stdout + result.stderr
     assert "experiments.frameworks.vary.distiller[1]: 'sdi' is not one of" in text
     assert "Job stats" not in text and not (tmp_path / "results").exists()
+
+
+def test_fresh_checkout_dry_run_shows_the_preparation_jobs(tmp_path):
+    """No data at all: the README's dry run still succeeds; CIFAR-10 is downloaded and prepared, FFHQ, AFHQv2 and
+    ImageNet 64 are prepared from the site's image folders, and every dataset is linked into results/."""
+    args = ["-n", "--profile", str(REPO / "slurm"), "all_tables", "--configfile", str(PAPER)]
+    result = snakemake([*args, "--directory", str(tmp_path)], cwd=REPO, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = jobs_of(result.stdout + result.stderr)
+    prepare = sorted(j["shell"] for j in jobs if j["rule"] == "prepare_dataset")
+    assert len(prepare) == 4
+    assert (
+        "--source cifar10-tarball --input data/downloads/cifar-10-python.tar.gz --out data/cifar10-32x32.zip"
+        in (prepare[0])
+    )
+    assert any("--input data/downloads/imagenet/ILSVRC/Data/CLS-LOC/train" in s and "center-crop" in s for s in prepare)
+    (download,) = [j["shell"] for j in jobs if j["rule"] == "download_dataset_source"]
+    assert "cifar-10-python.tar.gz" in download and "--sha256 6d958be0" in download
+    assert sum(j["rule"] == "link_dataset" for j in jobs) == 5
+    assert not (tmp_path / "data").exists()  # a dry run writes nothing

@@ -13,6 +13,10 @@ import sys
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "make-dataset": ("eldistill.data.miniature", "write the offline miniature dataset in EDM's zip layout"),
+    "prepare-dataset": (
+        "eldistill.data.prepare",
+        "write a paper dataset in EDM's layout from the CIFAR-10 tarball, a folder of images or a prepared zip",
+    ),
     "download": ("eldistill.download", "fetch a published file (teacher, reference stats) with sha256 check"),
     "convert-teacher": ("eldistill.checkpoints", "convert a published EDM/EDM2 pickle to our .pt format"),
     "train-teacher": ("eldistill.teacher", "train the miniature EDM teacher on the CPU"),

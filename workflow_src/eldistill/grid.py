@@ -279,6 +279,8 @@ def _check_references(config: dict[str, Any]) -> None:
     for name, dataset in config["datasets"].items():
         if "path" in dataset and "make" in dataset:
             raise ConfigError(f"config: datasets.{name}: give either make or path, not both")
+        if "prepare" in dataset and "path" not in dataset:
+            raise ConfigError(f"config: datasets.{name}.prepare: needs datasets.{name}.path (the file it writes)")
     for name, teacher in config["teachers"].items():
         if teacher["dataset"] not in config["datasets"]:
             known = ", ".join(sorted(config["datasets"]))
