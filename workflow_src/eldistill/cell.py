@@ -37,6 +37,10 @@ class ELConfig:
     feature_norm: str = "none"  # "none" | "l2" | "standardize"
     working_size: int = 32  # embedders resize/pool their input to this resolution
     seed: int = 0  # embedder k is built from (family, seed + init index)
+    # Latent teachers (EDM2): "model" compares the teacher's latents (the default; see config/paper.yaml),
+    # "pixels" decodes generated and real latents with the VAE in `vae` (a local diffusers folder) first.
+    space: str = "model"
+    vae: str = ""
 
     @property
     def enabled(self) -> bool:
@@ -108,6 +112,10 @@ class Cell:
             d.pop(key, None)
         if not self.el.enabled:
             d["el"] = {"weight": 0.0}  # the embedder knobs are irrelevant when EL is off
+        else:
+            for key, default in (("space", "model"), ("vae", "")):  # added later: defaults keep older ids
+                if d["el"].get(key) == default:
+                    d["el"].pop(key)
         return d
 
     def compute_id(self) -> str:
@@ -164,11 +172,17 @@ class Cell:
             raise bad("el.estimator", f"is {el.estimator!r}; choose unbiased or biased")
         if el.feature_norm not in ("none", "l2", "standardize"):
             raise bad("el.feature_norm", f"is {el.feature_norm!r}; choose none, l2 or standardize")
+        if el.space not in ("model", "pixels"):
+            raise bad("el.space", f"is {el.space!r}; choose model or pixels")
+        if el.space == "pixels" and el.enabled and not el.vae:
+            raise bad("el.vae", "must name the VAE folder when el.space is pixels (EL on decoded latents)")
         if check_files:
             for key in ("teacher", "dataset", "init_generator"):
                 path = getattr(self, key)
                 if path and not Path(path).exists():
                     raise bad(key, f"points to a file that does not exist: {path}")
+            if el.enabled and el.space == "pixels" and not (Path(el.vae) / "config.json").is_file():
+                raise bad("el.vae", f"is not a diffusers VAE folder (no config.json): {el.vae}")
 
     @property
     def generator_lr(self) -> float:

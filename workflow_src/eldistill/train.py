@@ -33,6 +33,7 @@ from eldistill.cell import DISTILLERS, Cell
 from eldistill.distillers import Phase, SampleNoise, build_distiller
 from eldistill.generator import one_step
 from eldistill.io import append_jsonl, atomic_torch_save, atomic_write_bytes, atomic_write_json, read_jsonl
+from eldistill.nets.edm2 import defer_forced_normalization, force_normalize_
 
 EXIT_REQUEUE = 3  # stopped by SIGTERM/SIGUSR1 after saving: requeue me
 STATE_FILE = "training-state.pt"
@@ -100,14 +101,17 @@ def phase_seed(seed: int, iteration: int, phase_index: int) -> int:
 
 
 # --- small helpers -----------------------------------------------------------------------------------------
-def real_batch(ds, index: torch.Tensor, label_dim: int, device: torch.device):
-    """Images in [-1, 1] and one-hot labels (None for an unconditional teacher) of dataset rows `index`."""
-    items = [ds[int(i)] for i in index.cpu()]
-    images = torch.stack([im for im, _ in items]).to(device=device, dtype=torch.float32) / 127.5 - 1
+def real_batch(ds, noise: SampleNoise, label_dim: int, device: torch.device):
+    """A real batch in the teacher's space (pixels in [-1, 1], or EDM2 latents sampled from their stored mean
+    and std) and its one-hot labels (None for an unconditional teacher). Which rows, and the latent posterior
+    noise, are this round's rows of the phase's global draws."""
+    index = noise.randint(0, len(ds)).cpu()
+    posterior = noise.randn(*ds.noise_shape) if ds.noise_shape is not None else None
+    images = ds.images(index, posterior).to(device=device, dtype=torch.float32)
     if not label_dim:
         return images, None
-    labels = torch.tensor([lab for _, lab in items], device=device)
-    return images, torch.nn.functional.one_hot(labels, label_dim).float()
+    labels = ds.labels[index].to(device) if ds.labels is not None else torch.zeros(len(index), dtype=torch.long)
+    return images, torch.nn.functional.one_hot(labels.to(device), label_dim).float()
 
 
 def ema_beta(images_seen: int, batch: int, halflife_images: int) -> float:
@@ -161,7 +165,7 @@ class SignalFlag:
 class Trainer:
     def __init__(self, cell: Cell, info: dist.DistInfo):
         from eldistill.checkpoints import load_network
-        from eldistill.data import ImageDataset
+        from eldistill.data import open_dataset
 
         self.cell, self.info, self.device = cell, info, info.device
         self.world = info.world_size
@@ -169,7 +173,9 @@ class Trainer:
         self.batch_gpu = cell.batch_gpu or self.batch_local
         self.rounds = self.batch_local // self.batch_gpu
 
-        teacher = load_network(cell.teacher)[0].to(self.device)  # the distiller's copies are made on the device
+        teacher, teacher_meta = load_network(cell.teacher)
+        teacher = teacher.to(self.device)  # the distiller's copies are made on the device
+        self.encoder = teacher_meta.get("encoder")  # an EDM2 teacher's latent scale/bias (None for pixel teachers)
         init = None
         if cell.init_generator:
             init, init_meta = load_network(cell.init_generator)
@@ -184,6 +190,8 @@ class Trainer:
         self.nets = {name: net.to(self.device) for name, net in self.distiller.nets.items()}
         self.extra = {name: m.to(self.device) for name, m in self.distiller.extra_modules.items()}
         self.generator = self.nets["generator"]
+        # EDM2 networks: forced weight normalisation once per phase (run_phase), not inside every forward
+        self.force_normalized = {name for name, net in self.nets.items() if defer_forced_normalization(net)}
         self.ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
         self.shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
         self.label_dim = int(teacher.label_dim)
@@ -192,7 +200,7 @@ class Trainer:
             raise ValueError(
                 f"cell {cell.cell_id}: 'batch_gpu' = {self.batch_gpu}; the unbiased EL estimator needs >= 2"
             )
-        self.ds = ImageDataset(cell.dataset)
+        self.ds = open_dataset(cell.dataset, encoder=self.encoder)
         if (self.ds.channels, self.ds.resolution, self.ds.resolution) != self.shape:
             raise ValueError(
                 f"dataset: {cell.dataset} holds {self.ds.channels}x{self.ds.resolution}x{self.ds.resolution} images; "
@@ -205,14 +213,21 @@ class Trainer:
         needs_real = cell.el.enabled or any(
             p.needs_real for p in self.distiller.phases(0, 0) + self.distiller.phases(cell.total_images, 0)
         )
-        if needs_real and len(self.ds) * math.prod(self.shape) < PRELOAD_BYTES:
-            self.ds = ImageDataset(cell.dataset, preload=True)
+        if needs_real and len(self.ds) * self.ds.item_bytes < PRELOAD_BYTES:
+            self.ds = open_dataset(cell.dataset, preload=True, encoder=self.encoder)
 
-        self.el = None
+        self.el = self.el_codec = None
         if cell.el.enabled:
             from eldistill.embedding import EmbeddingLoss
 
-            self.el = EmbeddingLoss.from_config(cell.el, in_channels=self.shape[0]).to(self.device)
+            el_channels = self.shape[0]
+            if cell.el.space == "pixels" and self.shape[0] not in (1, 3):
+                from eldistill.nets.latent import LatentCodec
+
+                # EL on decoded pixels: the VAE decoder runs (with gradients to x_gen) before the embedders
+                self.el_codec = LatentCodec.from_pretrained(cell.el.vae, encoder_info=self.encoder).to(self.device)
+                el_channels = 3
+            self.el = EmbeddingLoss.from_config(cell.el, in_channels=el_channels).to(self.device)
             self.el_names = list(self.el.names)
 
         cuda = self.device.type == "cuda"
@@ -303,6 +318,7 @@ class Trainer:
             "cell_id": self.cell.cell_id,
             "distiller": self.cell.distiller,
             "distiller_args": self.distiller.args,
+            **({"encoder": self.encoder} if self.encoder else {}),  # evaluate decodes latents with it
         }
 
     def save_snapshot(self) -> None:
@@ -326,6 +342,8 @@ class Trainer:
         params = [p for name in phase.nets for p in self.nets[name].parameters()]
         for name in phase.nets:
             self.optimizers[name].zero_grad(set_to_none=True)
+            if name in self.force_normalized:
+                force_normalize_(self.nets[name])
         use_el = gen_phase and self.el is not None
         prand = PhaseRandom(phase_seed(cell.seed, self.iterations, index), cell.batch, self.device)
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
@@ -344,13 +362,13 @@ class Trainer:
                         x_gen = one_step(self.generator, z, self.distiller.sigma_init, labels)
                 real = real_labels = None
                 if phase.needs_real or use_el:
-                    real, real_labels = real_batch(self.ds, noise.randint(0, len(self.ds)), self.label_dim, self.device)
+                    real, real_labels = real_batch(self.ds, noise, self.label_dim, self.device)
                 per_sample, terms = self.distiller.loss(
                     phase.name, x_gen, labels, real, real_labels, noise, self.images_seen
                 )
                 loss = per_sample.sum() / self.batch_local
                 if use_el:
-                    el_value, per_embedder = self.el(x_gen, real)
+                    el_value, per_embedder = self.el(*self.el_inputs(x_gen, real))
                     loss = loss + cell.el.weight * el_value * (n / self.batch_local)
                     sums["el"] += el_value.detach() * n
                     for name, v in zip(self.el_names, per_embedder.detach()):
@@ -361,6 +379,14 @@ class Trainer:
                 sums[f"loss/{phase.name}/{key}"] += v.detach().float().sum()
         self._record(sums, logs)
         self._step(phase, params, logs)
+
+    def el_inputs(self, x_gen: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What EL compares: the teacher's space, or decoded pixels in [-1, 1] when el.space is "pixels"."""
+        if self.el_codec is None:
+            return x_gen, real
+        with torch.no_grad():
+            real = self.el_codec.decode(real)
+        return self.el_codec.decode(x_gen), real
 
     def _record(self, sums: dict[str, torch.Tensor], logs: dict[str, float]) -> None:
         """Means over the global batch (summed over processes) into the iteration's log."""

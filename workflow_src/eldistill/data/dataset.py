@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -25,7 +26,14 @@ class DatasetError(ValueError):
 
 
 class ImageDataset:
-    """`ds[i] -> (uint8 tensor (C, H, W), int label)`; label is 0 when the dataset has no labels."""
+    """`ds[i] -> (uint8 tensor (C, H, W), int label)`; label is 0 when the dataset has no labels.
+
+    Subclasses (the EDM2 latent dataset) store other records: they set EXTENSIONS, ITEM_DTYPE and
+    override `_decode`, `_item_shape`, `to_model` and `noise_shape`."""
+
+    EXTENSIONS = IMAGE_EXTENSIONS
+    ITEM_DTYPE = torch.uint8
+    KIND = "image"
 
     def __init__(self, path: str | Path, preload: bool = False):
         self.path = Path(path)
@@ -39,18 +47,40 @@ class ImageDataset:
         else:
             self._kind = "zip"
             names = self._open_zip().namelist()
-        self._names = sorted(n for n in names if n.lower().endswith(IMAGE_EXTENSIONS))
+        self._names = sorted(n for n in names if n.lower().endswith(self.EXTENSIONS))
         if not self._names:
-            raise DatasetError(f"{self.path}: contains no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            raise DatasetError(f"{self.path}: contains no {self.KIND} files ({', '.join(self.EXTENSIONS)})")
         self._labels = self._read_labels(names)
         self.label_dim = int(self._labels.max()) + 1 if self._labels is not None else 0
         first = self._decode(0)
         self.channels, self.resolution = first.shape[0], first.shape[1]
         if first.shape[1] != first.shape[2]:
             raise DatasetError(f"{self._where(0)}: image is {first.shape[2]}x{first.shape[1]}, expected square")
+        self._set_shape(first)
         self._cache: torch.Tensor | None = None
         if preload:
             self._cache = self.load_all()
+
+    def _set_shape(self, first: torch.Tensor) -> None:
+        """Hook for subclasses whose records are not the model's images (latent mean and std)."""
+
+    def _item_shape(self) -> tuple[int, int, int]:
+        """The shape of every record `ds[i]` returns."""
+        return (self.channels, self.resolution, self.resolution)
+
+    @property
+    def noise_shape(self) -> tuple[int, ...] | None:
+        """Shape of the per-sample noise `to_model` needs (None: the records are the model's images)."""
+        return None
+
+    @property
+    def item_bytes(self) -> int:
+        """Memory of one record when preloaded."""
+        return math.prod(self._item_shape()) * torch.empty((), dtype=self.ITEM_DTYPE).element_size()
+
+    def to_model(self, records: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Records (B, ...) -> float32 images in the teacher's space: uint8 pixels -> [-1, 1]."""
+        return records.to(torch.float32) / 127.5 - 1
 
     # --- file access --------------------------------------------------------------------------------
     def _open_zip(self) -> zipfile.ZipFile:
@@ -124,7 +154,7 @@ class ImageDataset:
             image = self._cache[index]
         else:
             image = self._decode(index)
-            expected = (self.channels, self.resolution, self.resolution)
+            expected = self._item_shape()
             if tuple(image.shape) != expected:
                 raise DatasetError(
                     f"{self._where(index)}: shape {tuple(image.shape)} differs from the dataset's {expected} "
@@ -148,7 +178,7 @@ class ImageDataset:
             return self._cache
         from tqdm import tqdm
 
-        out = torch.empty((len(self), self.channels, self.resolution, self.resolution), dtype=torch.uint8)
+        out = torch.empty((len(self), *self._item_shape()), dtype=self.ITEM_DTYPE)
         for i in tqdm(range(len(self)), desc=f"reading {self.path.name}", unit="img", leave=False):
             out[i] = self[i][0]
         return out
@@ -156,21 +186,33 @@ class ImageDataset:
     def one_hot(self, labels: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.one_hot(labels, self.label_dim).to(torch.float32)
 
-    def sample(self, n: int, generator: torch.Generator | None = None):
-        """A random real batch (drawn with replacement): (images float32 in [-1, 1], one-hot labels or None)."""
-        index = torch.randint(len(self), (n,), generator=generator)
+    def records(self, index: torch.Tensor) -> torch.Tensor:
+        """The stored records of rows `index`, stacked (B, ...)."""
         if self._cache is not None:
-            images = self._cache[index]
-        else:
-            images = torch.stack([self[int(i)][0] for i in index])
-        images = images.to(torch.float32) / 127.5 - 1
+            return self._cache[index.cpu()]
+        return torch.stack([self[int(i)][0] for i in index.cpu()])
+
+    def images(self, index: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows `index` as float32 images in the teacher's space; `noise` (B, *noise_shape) when the dataset
+        needs it (on the device the result should be on)."""
+        if self.noise_shape is not None and noise is None:
+            raise ValueError(f"{self.path}: sampling its records needs noise of shape (B, *{self.noise_shape})")
+        records = self.records(index)
+        return self.to_model(records if noise is None else records.to(noise.device), noise)
+
+    def sample(self, n: int, generator: torch.Generator | None = None):
+        """A random real batch (drawn with replacement): (images float32 in the teacher's space, one-hot labels
+        or None). For pixel datasets the images are in [-1, 1]."""
+        index = torch.randint(len(self), (n,), generator=generator)
+        noise = None if self.noise_shape is None else torch.randn((n, *self.noise_shape), generator=generator)
+        images = self.images(index, noise)
         if self._labels is None:
             return images, None
         return images, self.one_hot(torch.from_numpy(self._labels[index.numpy()]))
 
     def __repr__(self) -> str:
         shape = f"{self.channels}x{self.resolution}x{self.resolution}"
-        return f"ImageDataset({str(self.path)!r}: {len(self)} images, {shape}, label_dim={self.label_dim})"
+        return f"{type(self).__name__}({str(self.path)!r}: {len(self)} images, {shape}, label_dim={self.label_dim})"
 
     def __getstate__(self):
         state = dict(self.__dict__)

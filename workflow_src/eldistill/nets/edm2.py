@@ -71,10 +71,11 @@ class MPConv(torch.nn.Module):
         super().__init__()
         self.out_channels = out_channels
         self.weight = torch.nn.Parameter(torch.randn(out_channels, in_channels, *kernel))
+        self.normalize_in_forward = True  # False: the training loop normalises once per step (defer_...)
 
     def forward(self, x, gain=1):
         w = self.weight.to(torch.float32)
-        if self.training:
+        if self.training and self.normalize_in_forward:
             with torch.no_grad():
                 self.weight.copy_(normalize(w))  # forced weight normalisation: the stored weight stays unit-norm
         w = normalize(w)
@@ -83,6 +84,26 @@ class MPConv(torch.nn.Module):
         if w.ndim == 2:
             return x @ w.t()
         return F.conv2d(x, w, padding=(w.shape[-1] // 2,))
+
+
+def defer_forced_normalization(net: torch.nn.Module) -> bool:
+    """Move EDM2's forced weight normalisation out of MPConv.forward: the in-place update there bumps the
+    weight's autograd version, so a network called twice before one backward (SiDA's fake score reads the
+    generated and the real batch) cannot be differentiated. Call `force_normalize_` before each training
+    phase instead; weights only change at optimizer steps, so this normalises the same weights EDM2 does.
+    Returns whether `net` has any MPConv."""
+    convs = [m for m in net.modules() if isinstance(m, MPConv)]
+    for m in convs:
+        m.normalize_in_forward = False
+    return bool(convs)
+
+
+@torch.no_grad()
+def force_normalize_(net: torch.nn.Module) -> None:
+    """EDM2's forced weight normalisation of every MPConv of `net`, in place (edm2 networks_edm2.py MPConv)."""
+    for m in net.modules():
+        if isinstance(m, MPConv):
+            m.weight.copy_(normalize(m.weight.to(torch.float32)))
 
 
 class Block(torch.nn.Module):

@@ -27,6 +27,17 @@ def edm2_scale_bias(raw_mean=RAW_MEAN, raw_std=RAW_STD, final_mean=0.0, final_st
     return scale, torch.tensor(final_mean, dtype=torch.float32) - raw_mean * scale
 
 
+def posterior_sample(raw: torch.Tensor, noise: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Raw (mean, std) latents (B, 2C, h, w) and standard normal noise (B, C, h, w) -> final latents, as EDM2's
+    `StabilityVAEEncoder.encode_latents`: (mean + std * noise) * scale + bias, in float32."""
+    mean, std = raw.to(torch.float32).chunk(2, dim=1)
+    if noise.shape != mean.shape:
+        raise ValueError(f"latent noise has shape {tuple(noise.shape)}, the latents {tuple(mean.shape)}")
+    scale = torch.as_tensor(scale, dtype=torch.float32, device=mean.device).reshape(1, -1, 1, 1)
+    bias = torch.as_tensor(bias, dtype=torch.float32, device=mean.device).reshape(1, -1, 1, 1)
+    return (mean + noise.to(mean) * std) * scale + bias
+
+
 def _field(output, name):
     """diffusers returns dataclass-like outputs that also index like dicts; stand-ins may offer either."""
     return getattr(output, name) if hasattr(output, name) else output[name]
@@ -90,10 +101,9 @@ class LatentCodec(torch.nn.Module):
 
     def encode_latents(self, raw: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Raw (mean, std) latents -> final latents: one posterior draw, then EDM2's scale and bias."""
-        mean, std = raw.to(torch.float32).chunk(2, dim=1)
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        x = mean + noise * std
-        return x * self.scale.reshape(1, -1, 1, 1) + self.bias.reshape(1, -1, 1, 1)
+        shape = (raw.shape[0], raw.shape[1] // 2, *raw.shape[2:])
+        noise = torch.randn(shape, generator=generator, device=raw.device, dtype=torch.float32)
+        return posterior_sample(raw, noise, self.scale, self.bias)
 
     def encode(self, images_uint8: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.encode_latents(self.encode_pixels(images_uint8), generator)
