@@ -216,3 +216,191 @@ def build_embedder(family: str, seed: int, in_channels: int = 3, working_size: i
     _init_random(net, torch.Generator().manual_seed(family_seed(family, seed)))
     _freeze_as_buffers(net)
     return Embedder(family, seed, net, in_channels, working_size)
+
+
+# --- one family's initialisations as one network --------------------------------------------------------------
+# K embedders of one family differ only in their weights, so they can run as one network: the first layer sees
+# the same image for every init (one dense conv with K x C_out channels), every later conv is a grouped conv
+# (groups = K, block k = init k's channels) and every linear layer a batched matmul over stacked (K, out, in)
+# weights. One forward replaces K small ones, which on a CPU is mostly per-op overhead.
+
+
+def _stack(modules: list[nn.Module], name: str) -> torch.Tensor:
+    return torch.cat([getattr(m, name) for m in modules])
+
+
+class _GroupedConv(nn.Module):
+    """K convs with the same shape as one conv: dense over a shared input (first layer), grouped after."""
+
+    def __init__(self, convs: list[nn.Conv2d], shared_input: bool):
+        super().__init__()
+        first = convs[0]
+        self.register_buffer("weight", _stack(convs, "weight"), persistent=False)
+        self.register_buffer("bias", _stack(convs, "bias"), persistent=False)
+        self.stride, self.padding = first.stride, first.padding
+        self.groups = 1 if shared_input else len(convs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, groups=self.groups)
+
+
+class _GroupedLinear(nn.Module):
+    """K linear layers on (K, N, in) inputs: one batched matmul."""
+
+    def __init__(self, linears: list[nn.Linear]):
+        super().__init__()
+        self.register_buffer("weight_t", torch.stack([m.weight.t() for m in linears]), persistent=False)
+        self.register_buffer("bias", torch.stack([m.bias for m in linears]).unsqueeze(1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (K, N, in) -> (K, N, out)
+        return torch.baddbmm(self.bias, x, self.weight_t)
+
+
+class _GroupedLayerNorm(nn.Module):
+    def __init__(self, norms: list[nn.LayerNorm]):
+        super().__init__()
+        self.shape, self.eps = norms[0].normalized_shape, norms[0].eps
+        self.register_buffer("weight", torch.stack([m.weight for m in norms]).unsqueeze(1), persistent=False)
+        self.register_buffer("bias", torch.stack([m.bias for m in norms]).unsqueeze(1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (K, N, dim)
+        return F.layer_norm(x, self.shape, eps=self.eps) * self.weight + self.bias
+
+
+def _per_init(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, K*C, ...) grouped channels -> (B, K, C*...) per-init flattened features."""
+    return x.reshape(x.shape[0], k, -1)
+
+
+class _GroupedCNN(nn.Module):
+    def __init__(self, nets: list[CNNEmbedder]):
+        super().__init__()
+        self.k = len(nets)
+        self.convs = nn.ModuleList(
+            [_GroupedConv([n.convs[i] for n in nets], shared_input=i == 0) for i in range(len(nets[0].convs))]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs:
+            x = _act(conv(x))
+        return _per_init(F.adaptive_avg_pool2d(x, 4), self.k)
+
+
+class _GroupedMultiScale(nn.Module):
+    def __init__(self, nets: list[MultiScaleEmbedder]):
+        super().__init__()
+        self.k = len(nets)
+        self.stem = _GroupedConv([n.stem for n in nets], shared_input=True)
+        self.downs = nn.ModuleList(
+            [_GroupedConv([n.downs[i] for n in nets], shared_input=False) for i in range(len(nets[0].downs))]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _act(self.stem(x))
+        feats = [_per_init(F.adaptive_avg_pool2d(x, 2), self.k)]
+        for down in self.downs:
+            x = _act(down(x))
+            feats.append(_per_init(F.adaptive_avg_pool2d(x, 2), self.k))
+        return torch.cat(feats, 2)
+
+
+class _GroupedResBlock(nn.Module):
+    def __init__(self, blocks: list[ResBlock]):
+        super().__init__()
+        self.conv0 = _GroupedConv([b.conv0 for b in blocks], shared_input=False)
+        self.conv1 = _GroupedConv([b.conv1 for b in blocks], shared_input=False)
+        self.skip = None if blocks[0].skip is None else _GroupedConv([b.skip for b in blocks], shared_input=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(_act(self.conv0(_act(x))))
+        s = x if self.skip is None else self.skip(x)
+        return (s + h) * math.sqrt(0.5)
+
+
+class _GroupedResNet(nn.Module):
+    def __init__(self, nets: list[ResNetEmbedder]):
+        super().__init__()
+        self.k = len(nets)
+        self.stem = _GroupedConv([n.stem for n in nets], shared_input=True)
+        self.blocks = nn.ModuleList([_GroupedResBlock([n.blocks[i] for n in nets]) for i in range(len(nets[0].blocks))])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return _per_init(F.adaptive_avg_pool2d(_act(x), 4), self.k)
+
+
+class _GroupedAttentionBlock(nn.Module):
+    def __init__(self, blocks: list[AttentionBlock]):
+        super().__init__()
+        self.heads = blocks[0].heads
+        self.norm0 = _GroupedLayerNorm([b.norm0 for b in blocks])
+        self.qkv = _GroupedLinear([b.qkv for b in blocks])
+        self.proj = _GroupedLinear([b.proj for b in blocks])
+        self.norm1 = _GroupedLayerNorm([b.norm1 for b in blocks])
+        self.mlp0 = _GroupedLinear([b.mlp0 for b in blocks])
+        self.mlp1 = _GroupedLinear([b.mlp1 for b in blocks])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (K, B, T, d)
+        k, b, t, d = x.shape
+        flat = x.reshape(k, b * t, d)
+        qkv = self.qkv(self.norm0(flat)).reshape(k, b, t, 3, self.heads, d // self.heads)
+        q, kk, v = qkv.permute(3, 0, 1, 4, 2, 5)  # each (K, B, heads, T, d/heads)
+        a = F.scaled_dot_product_attention(q, kk, v).transpose(2, 3).reshape(k, b * t, d)
+        flat = (flat + self.proj(a)) * math.sqrt(0.5)
+        flat = (flat + self.mlp1(_act(self.mlp0(self.norm1(flat))))) * math.sqrt(0.5)
+        return flat.reshape(k, b, t, d)
+
+
+class _GroupedAttention(nn.Module):
+    def __init__(self, nets: list[AttentionEmbedder]):
+        super().__init__()
+        self.k = len(nets)
+        self.embed = _GroupedConv([n.embed for n in nets], shared_input=True)
+        self.register_buffer("pos", torch.stack([n.pos[0] for n in nets]).unsqueeze(1), persistent=False)
+        self.blocks = nn.ModuleList(
+            [_GroupedAttentionBlock([n.blocks[i] for n in nets]) for i in range(len(nets[0].blocks))]
+        )
+        self.norm = _GroupedLayerNorm([n.norm for n in nets])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)  # (B, K*d, h, w)
+        b, _, h, w = x.shape
+        x = x.reshape(b, self.k, -1, h * w).permute(1, 0, 3, 2)  # (K, B, T, d)
+        x = x + self.pos[:, :, : h * w]
+        for block in self.blocks:
+            x = block(x)
+        k, _, t, d = x.shape
+        x = self.norm(x.reshape(k, b * t, d)).reshape(k, b, t, d)
+        grid = x.transpose(2, 3).reshape(k * b, d, h, w)
+        pooled = F.adaptive_avg_pool2d(grid, 2).reshape(k, b, -1)
+        return torch.cat([x.mean(2), pooled], 2).transpose(0, 1)  # (B, K, D)
+
+
+_GROUPED = {
+    "cnn": _GroupedCNN,
+    "multiscale": _GroupedMultiScale,
+    "resnet": _GroupedResNet,
+    "attention": _GroupedAttention,
+}
+
+
+class GroupedEmbedder(nn.Module):
+    """The embedders (family, seed) for several seeds as one frozen network: forward(images) -> (K, B, D), row k
+    equal (to float round-off) to build_embedder(family, seeds[k])(images). Same weights, one forward."""
+
+    def __init__(self, family: str, seeds: list[int], in_channels: int = 3, working_size: int = 32):
+        super().__init__()
+        members = [build_embedder(family, s, in_channels, working_size) for s in seeds]
+        self.family, self.seeds = family, [int(s) for s in seeds]
+        self.in_channels, self.working_size = in_channels, working_size
+        self.net = _GROUPED[family]([m.net for m in members])
+        self.eval()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        f = self.net(resize_to(images, self.working_size)).transpose(0, 1)  # (K, B, D)
+        return f * (1.0 / math.sqrt(f.shape[2]))
+
+    def train(self, mode: bool = True) -> GroupedEmbedder:
+        return super().train(False)

@@ -13,8 +13,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .embedders import FAMILIES, build_embedder
-from .mmd import ESTIMATORS, check_finite, median_distance, mmd2_unchecked
+from .embedders import FAMILIES, GroupedEmbedder, build_embedder
+from .mmd import (
+    ESTIMATORS,
+    batched_median_distance,
+    batched_mmd2_unchecked,
+    check_finite,
+    median_distance,
+    mmd2_unchecked,
+)
 
 BANDWIDTH_MODES = ("median", "fixed")
 FEATURE_NORMS = ("none", "l2", "standardize")
@@ -22,17 +29,18 @@ FEATURE_NORMS = ("none", "l2", "standardize")
 
 def normalize_features(f_gen: torch.Tensor, f_real: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     """ "l2": each feature vector to unit length. "standardize": each dimension to zero mean, unit variance
-    with the statistics of the pooled batch, taken without gradient (a fixed affine map per step)."""
+    with the statistics of the pooled batch, taken without gradient (a fixed affine map per step).
+    Features are (B, D), or (K, B, D) for K embedders at once (statistics per embedder)."""
     if mode == "none":
         return f_gen, f_real
     if mode == "l2":
-        return nn.functional.normalize(f_gen, dim=1), nn.functional.normalize(f_real, dim=1)
+        return nn.functional.normalize(f_gen, dim=-1), nn.functional.normalize(f_real, dim=-1)
     if mode == "standardize":
         with torch.no_grad():
-            pooled = torch.cat([f_gen, f_real]).detach()
-            mean, std = pooled.mean(0), pooled.std(0).clamp_min(1e-6)
+            pooled = torch.cat([f_gen, f_real], -2).detach()
+            mean, std = pooled.mean(-2, keepdim=True), pooled.std(-2, keepdim=True).clamp_min(1e-6)
         # Divide by sqrt(D) again so distances stay O(1) whatever the feature dimension.
-        scale = 1.0 / (std * f_gen.shape[1] ** 0.5)
+        scale = 1.0 / (std * f_gen.shape[-1] ** 0.5)
         return (f_gen - mean) * scale, (f_real - mean) * scale
     raise ValueError(f"feature_norm is {mode!r}; choose one of {', '.join(FEATURE_NORMS)}")
 
@@ -57,11 +65,33 @@ def embedder_mmd2(
     return mmd2_unchecked(f_gen, f_real, bw, estimator)
 
 
+def grouped_mmd2(
+    group: GroupedEmbedder,
+    x_gen: torch.Tensor,
+    x_real: torch.Tensor,
+    bandwidths: Sequence[float],
+    bandwidth_mode: str = "median",
+    estimator: str = "unbiased",
+    feature_norm: str = "none",
+) -> torch.Tensor:
+    """(K,) embedder_mmd2 of each of a family's K embedders, from one grouped forward per batch."""
+    f_gen = group(x_gen)
+    with torch.no_grad():
+        f_real = group(x_real)
+    f_gen, f_real = normalize_features(f_gen, f_real, feature_norm)
+    bw = torch.tensor(bandwidths, dtype=f_gen.dtype, device=f_gen.device).expand(f_gen.shape[0], -1)
+    if bandwidth_mode == "median":
+        bw = bw * batched_median_distance(f_gen, f_real).unsqueeze(1)
+    return batched_mmd2_unchecked(f_gen, f_real, bw, estimator)
+
+
 class EmbeddingLoss(nn.Module):
     """EL over an ensemble of len(archs) x inits_per_arch embedders; embedder (family, i) is built from seed + i.
 
     forward(x_gen, x_real) -> (el, per_embedder): el is the mean of the K per-embedder MMD^2 values.
     Inputs are images in [-1, 1], (B, in_channels, H, W), any resolution (resized to working_size).
+    The inits of one family run as one grouped network (embedders.GroupedEmbedder: same weights, one forward);
+    grouped=False runs the K embedders one by one (the reference the grouped path is tested against).
     Gradients reach x_gen only; half-precision inputs and autocast regions are computed in float32.
     NaN/inf in x_real (a data problem) raises NonFiniteInputError, a ValueError. NaN/inf in x_gen (a
     diverging generator) gives a NaN loss by default, so the training loop's non-finite-step guard skips
@@ -80,6 +110,7 @@ class EmbeddingLoss(nn.Module):
         seed: int = 0,
         in_channels: int = 3,
         check_gen_finite: bool = False,
+        grouped: bool = True,
     ):
         super().__init__()
         if isinstance(archs, str):
@@ -109,6 +140,11 @@ class EmbeddingLoss(nn.Module):
             [build_embedder(a, seed + i, in_channels, working_size) for a in self.archs for i in range(inits_per_arch)]
         )
         self.names = [f"{a}/{i}" for a in self.archs for i in range(inits_per_arch)]
+        self.grouped = grouped
+        seeds = [seed + i for i in range(inits_per_arch)]
+        self.groups = nn.ModuleList(
+            [GroupedEmbedder(a, seeds, in_channels, working_size) for a in self.archs] if grouped else []
+        )
 
     @classmethod
     def from_config(cls, el, in_channels: int) -> EmbeddingLoss:
@@ -153,14 +189,28 @@ class EmbeddingLoss(nn.Module):
             embedder, x_gen, x_real, self.bandwidths, self.bandwidth_mode, self.estimator, self.feature_norm
         )
 
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Each family's features of `images`, as one (inits_per_arch, B, D_family) tensor per entry of archs
+        (row i of family a = embedder names 'a/i'); gradients flow to `images` when it requires them."""
+        self._check_images(images, "images", finite=False)
+        dtype = next(iter(self.buffers())).dtype
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            images = images.to(dtype)
+            if self.grouped:
+                return [group(images) for group in self.groups]
+            k, separate = self.inits_per_arch, self.embedders
+            return [torch.stack([e(images) for e in separate[i : i + k]]) for i in range(0, len(separate), k)]
+
     def forward(self, x_gen: torch.Tensor, x_real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_images(x_gen, "x_gen", finite=self.check_gen_finite)
         self._check_images(x_real, "x_real")
         dtype = next(iter(self.buffers())).dtype  # float32 unless the module was cast (e.g. .double())
-        values = []
+        settings = (self.bandwidths, self.bandwidth_mode, self.estimator, self.feature_norm)
         with torch.autocast(device_type=x_gen.device.type, enabled=False):
             x_gen, x_real = x_gen.to(dtype), x_real.detach().to(dtype)
-            for embedder in self.embedders:
-                values.append(self.embedder_mmd2(embedder, x_gen, x_real))
-        per_embedder = torch.stack(values)
+            if self.grouped:
+                values = [grouped_mmd2(group, x_gen, x_real, *settings) for group in self.groups]
+                per_embedder = torch.cat(values)
+            else:
+                per_embedder = torch.stack([self.embedder_mmd2(e, x_gen, x_real) for e in self.embedders])
         return per_embedder.mean(), per_embedder

@@ -112,3 +112,45 @@ def mmd2_unchecked(x: torch.Tensor, y: torch.Tensor, bandwidths: torch.Tensor, e
         xx = (kxx.sum() - n * diag) / (n * (n - 1))
         yy = (kyy.sum() - m * diag) / (m * (m - 1))
         return xx + yy - 2.0 * kxy.mean()
+
+
+# --- K feature sets at once (one embedder family's initialisations, see embedders.GroupedEmbedder) -----------
+
+
+def batched_sq_dists(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(K, n, m) squared distances between the rows of x (K, n, d) and y (K, m, d), clamped at 0."""
+    d2 = x.pow(2).sum(2).unsqueeze(2) + y.pow(2).sum(2).unsqueeze(1) - 2.0 * torch.bmm(x, y.transpose(1, 2))
+    return d2.clamp_min(0.0)
+
+
+def _batched_self_sq_dists(x: torch.Tensor) -> torch.Tensor:
+    d2 = batched_sq_dists(x, x)
+    return d2.masked_fill(torch.eye(x.shape[1], dtype=torch.bool, device=x.device), 0.0)
+
+
+def batched_median_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(K,) median_distance of each of the K pooled sets [x_k; y_k], without gradient."""
+    with torch.no_grad():
+        z = torch.cat([x, y], 1).detach()
+        d2 = batched_sq_dists(z, z)
+        i, j = torch.triu_indices(z.shape[1], z.shape[1], offset=1, device=z.device)
+        med = d2[:, i, j].median(dim=1).values.sqrt()  # the lower median, as torch.median of one set
+        return torch.where(med > 0, med, torch.ones_like(med))
+
+
+def batched_mmd2_unchecked(x: torch.Tensor, y: torch.Tensor, bandwidths: torch.Tensor, estimator: str) -> torch.Tensor:
+    """(K,) MMD^2 of each pair (x_k, y_k); x (K, n, d), y (K, m, d), bandwidths (K, S) (one row per k)."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        scale = (-0.5 / bandwidths.pow(2)).unsqueeze(2).unsqueeze(3)  # (K, S, 1, 1)
+
+        def kernel_sum(d2: torch.Tensor) -> torch.Tensor:  # sum over pairs and bandwidths -> (K,)
+            return torch.exp(d2.unsqueeze(1) * scale).sum((1, 2, 3))
+
+        n, m = x.shape[1], y.shape[1]
+        kxx = kernel_sum(_batched_self_sq_dists(x))
+        kyy = kernel_sum(_batched_self_sq_dists(y))
+        kxy = kernel_sum(batched_sq_dists(x, y)) / (n * m)
+        if estimator == "biased":
+            return kxx / (n * n) + kyy / (m * m) - 2.0 * kxy
+        diag = float(bandwidths.shape[1])  # k(a, a) = number of bandwidths (distance 0 masked exactly)
+        return (kxx - n * diag) / (n * (n - 1)) + (kyy - m * diag) / (m * (m - 1)) - 2.0 * kxy
