@@ -13,7 +13,14 @@ Sources (`--source`):
     image-folder     every image file under a folder, sorted by path; labels from the folder's dataset.json,
                      else from the top-level sub-folder names when there are several (ImageNet's synsets)
     zip              a zip someone prepared already (EDM's dataset_tool.py): checked and linked, not copied
-Further sources (the EDM2 latent dataset) register themselves in SOURCES as "module:function".
+    image-zip        an EDM-layout zip or folder of images (e.g. EDM2's img512.zip), read image by image
+Further sources register themselves in SOURCES as "module:function".
+
+With `--vae DIR` the output is EDM2's latent dataset instead of PNGs: every image (after the transform) is
+encoded with the Stable Diffusion VAE in DIR (a local copy of stabilityai/sd-vae-ft-mse) as EDM2's
+`dataset_tool.py encode` does (eldistill.data.encode_latents). ImageNet 512 as EDM2 prepares it:
+    --source=image-folder --input=ILSVRC/Data/CLS-LOC/train --resolution=512 --transform=center-crop-dhariwal
+    --vae=sd-vae-ft-mse --device=cuda          (or --source=image-zip --input=img512.zip --vae=...)
 
 The output matches dataset_tool.py's: an uncompressed zip of uncompressed PNGs named `00000/img00000000.png`
 (the first five digits of the 8-digit index form the folder) and `dataset.json` holding
@@ -43,7 +50,7 @@ from tqdm import tqdm
 from eldistill.data.dataset import IMAGE_EXTENSIONS
 from eldistill.metrics.protocols import _ArraysOnlyUnpickler
 
-TRANSFORMS = ("none", "center-crop", "center-crop-wide")
+TRANSFORMS = ("none", "center-crop", "center-crop-wide", "center-crop-dhariwal")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
 
@@ -131,6 +138,7 @@ def read_image_folder(path: str | Path, max_images: int | None = None):
 SOURCES: dict[str, str] = {
     "cifar10-tarball": "eldistill.data.prepare:read_cifar10_tarball",
     "image-folder": "eldistill.data.prepare:read_image_folder",
+    "image-zip": "eldistill.data.encode_latents:read_image_zip",
 }
 
 
@@ -167,7 +175,23 @@ def transform_image(img: np.ndarray, transform: str, resolution: int | None) -> 
             return None
         img = _rgb(img[(img.shape[0] - ch) // 2 : (img.shape[0] + ch) // 2])
         return np.array(PIL.Image.fromarray(img, "RGB").resize((resolution, resolution), PIL.Image.Resampling.LANCZOS))
+    if transform == "center-crop-dhariwal":
+        return center_crop_dhariwal(_rgb(img), resolution)
     raise PrepareError(f"transform {transform!r} is unknown; choose one of {', '.join(TRANSFORMS)}")
+
+
+def center_crop_dhariwal(img: np.ndarray, resolution: int) -> np.ndarray:
+    """ADM's ImageNet crop, which EDM2 uses for img512 (edm2 dataset_tool.py:168-186): halve with a box filter
+    while the short side is at least twice the target, bicubic-resize the short side to the target, then take
+    the central square."""
+    image = PIL.Image.fromarray(img)
+    while min(image.size) >= 2 * resolution:
+        image = image.resize(tuple(x // 2 for x in image.size), resample=PIL.Image.Resampling.BOX)
+    scale = resolution / min(image.size)
+    image = image.resize(tuple(round(x * scale) for x in image.size), resample=PIL.Image.Resampling.BICUBIC)
+    arr = np.array(image)
+    top, left = (arr.shape[0] - resolution) // 2, (arr.shape[1] - resolution) // 2
+    return arr[top : top + resolution, left : left + resolution]
 
 
 # --- writing -----------------------------------------------------------------------------------------------------
@@ -244,9 +268,12 @@ def prepare_dataset(
     resolution: int | None = None,
     transform: str = "none",
     max_images: int | None = None,
+    vae: str | Path | None = None,
+    device: str = "cpu",
+    vae_batch: int = 8,
     **source_args,
 ) -> Path:
-    """Write `out` from `input` (see the module docstring); returns `out`."""
+    """Write `out` from `input` (see the module docstring); returns `out`. With `vae`, EDM2's latent dataset."""
     if source == "zip":
         return link_prepared(input, out)
     if transform not in TRANSFORMS:
@@ -260,6 +287,10 @@ def prepare_dataset(
         for img, label in ((transform_image(i, transform, resolution), lab) for i, lab in items)
         if img is not None
     )
+    if vae is not None:
+        from eldistill.data.encode_latents import write_latent_zip
+
+        return write_latent_zip(transformed, count, out, vae, device=device, batch_size=vae_batch)
     return write_edm_zip(transformed, count, out, desc=f"writing {Path(out).name}")
 
 
@@ -270,11 +301,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=int, default=None, help="output size (square); default: as the input")
     parser.add_argument("--transform", choices=TRANSFORMS, default="none", help="EDM dataset_tool.py's --transform")
     parser.add_argument("--max-images", type=int, default=None, help="keep only the first N images")
+    parser.add_argument(
+        "--vae", default=None, help="encode to EDM2's latent dataset with this local VAE folder (sd-vae-ft-mse)"
+    )
+    parser.add_argument("--device", default="cpu", help="where the VAE runs with --vae (cuda for ImageNet)")
+    parser.add_argument("--vae-batch", type=int, default=8, help="images per VAE call with --vae")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        path = prepare_dataset(args.source, args.input, args.out, args.resolution, args.transform, args.max_images)
+        path = prepare_dataset(
+            args.source,
+            args.input,
+            args.out,
+            args.resolution,
+            args.transform,
+            args.max_images,
+            vae=args.vae,
+            device=args.device,
+            vae_batch=args.vae_batch,
+        )
     except PrepareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
