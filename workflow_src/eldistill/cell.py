@@ -18,6 +18,9 @@ from typing import Any
 DISTILLERS = ("di", "sid", "sida", "sid2a", "dmd", "cm")
 EMBEDDER_FAMILIES = ("cnn", "multiscale", "resnet", "attention")
 PRECISIONS = ("fp32", "bf16", "fp16")
+# Networks a distiller trains (each gets its own optimizer) and the settings a cell may give one of them.
+NETWORKS = ("generator", "fake_score", "gan_head")
+NETWORK_OPTIM_KEYS = ("lr", "betas", "weight_decay", "warmup_images")
 
 
 class CellError(ValueError):
@@ -59,7 +62,13 @@ class Cell:
     lr: float = 1e-5  # fake score / discriminator
     glr: float | None = None  # generator; None = lr
     adam_betas: list[float] = field(default_factory=lambda: [0.0, 0.999])
+    weight_decay: float = 0.0  # every optimizer (AdamW's decoupled decay for DMD2)
+    warmup_images: int = 0  # linear learning-rate warm-up from 0 over this many images (DMD2)
+    # per-network overrides of lr / betas / weight_decay / warmup_images, e.g. {"generator": {"betas": [0.9, 0.999]}}
+    network_optim: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dropout: float | None = None  # dropout of the teacher and its trainable copies; None keeps the teacher's
     ema_halflife_images: int = 500_000
+    ema_beta: float | None = None  # a fixed EMA decay per iteration (CM's 0.9999) instead of the half-life
     snapshot_images: int = 0  # 0 = only the final snapshot
     log_images: int = 0  # 0 = one log line per iteration
     seed: int = 0
@@ -152,6 +161,15 @@ class Cell:
             raise bad("lr", "and 'glr' must be positive")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise bad("adam_betas", f"must be two numbers in [0, 1), got {self.adam_betas!r}")
+        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+            raise bad("weight_decay", f"must be a non-negative number, got {self.weight_decay!r}")
+        if not isinstance(self.warmup_images, int) or self.warmup_images < 0:
+            raise bad("warmup_images", f"must be a non-negative integer, got {self.warmup_images!r}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise bad("dropout", f"must be in [0, 1) or null (the teacher's), got {self.dropout!r}")
+        if self.ema_beta is not None and not 0 <= self.ema_beta < 1:
+            raise bad("ema_beta", f"must be in [0, 1) or null (use ema_halflife_images), got {self.ema_beta!r}")
+        self._validate_network_optim(bad)
         if self.precision not in PRECISIONS:
             raise bad("precision", f"is {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.distiller == "sid2a" and not self.init_generator:
@@ -184,9 +202,43 @@ class Cell:
             if el.enabled and el.space == "pixels" and not (Path(el.vae) / "config.json").is_file():
                 raise bad("el.vae", f"is not a diffusers VAE folder (no config.json): {el.vae}")
 
+    def _validate_network_optim(self, bad) -> None:
+        if not isinstance(self.network_optim, dict):
+            raise bad("network_optim", f"must be a mapping of network name -> settings, got {self.network_optim!r}")
+        for name, settings in self.network_optim.items():
+            key = f"network_optim.{name}"
+            if name not in NETWORKS:
+                raise bad(key, f"names no network; choose from {', '.join(NETWORKS)}")
+            if not isinstance(settings, dict):
+                raise bad(key, f"must be a mapping, got {settings!r}")
+            unknown = sorted(set(settings) - set(NETWORK_OPTIM_KEYS))
+            if unknown:
+                raise bad(f"{key}.{unknown[0]}", f"is not a setting; choose from {', '.join(NETWORK_OPTIM_KEYS)}")
+            if "lr" in settings and not (isinstance(settings["lr"], (int, float)) and settings["lr"] > 0):
+                raise bad(f"{key}.lr", f"must be positive, got {settings['lr']!r}")
+            betas = settings.get("betas", [0.0, 0.0])
+            if not (isinstance(betas, list) and len(betas) == 2 and all(0 <= b < 1 for b in betas)):
+                raise bad(f"{key}.betas", f"must be two numbers in [0, 1), got {betas!r}")
+            if settings.get("weight_decay", 0) < 0:
+                raise bad(f"{key}.weight_decay", f"must be >= 0, got {settings['weight_decay']!r}")
+            warmup = settings.get("warmup_images", 0)
+            if not isinstance(warmup, int) or warmup < 0:
+                raise bad(f"{key}.warmup_images", f"must be a non-negative integer, got {warmup!r}")
+
     @property
     def generator_lr(self) -> float:
         return self.lr if self.glr is None else self.glr
+
+    def optim_settings(self, network: str) -> dict[str, Any]:
+        """The optimizer settings of one network: the cell-wide ones, then network_optim[network] over them."""
+        settings = {
+            "lr": self.generator_lr if network == "generator" else self.lr,
+            "betas": list(self.adam_betas),
+            "weight_decay": float(self.weight_decay),
+            "warmup_images": self.warmup_images,
+        }
+        settings.update(self.network_optim.get(network, {}))
+        return settings
 
 
 def _strict(cls: type, data: dict[str, Any], where: str):

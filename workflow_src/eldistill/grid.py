@@ -2,10 +2,11 @@
 
 The config (config/config.yaml, paper.yaml, ci.yaml) names experiments after what the paper shows. Each
 experiment's cells are the cross product of its `vary` axes times its `variants`, layered as
-defaults <- distillers[<distiller>] <- experiment.base <- vary values <- variant. Every cell becomes an
-`eldistill.cell.Cell`; two experiments that ask for the same settings share one cell (one cell_id, trained
-once). SiD2A cells also pull in the SiD cell they start from. The Snakefile and `eldistill grid` both call
-`build_grid`, so the workflow and the CLI agree on every id, path and error message.
+defaults <- distillers[<distiller>] <- recipes[<dataset>][<distiller>] <- experiment.base <- vary values <-
+variant (`recipes` holds each dataset x distiller's published settings, config/paper/RECIPES.md says whence).
+Every cell becomes an `eldistill.cell.Cell`; two experiments that ask for the same settings share one cell (one
+cell_id, trained once). SiD2A cells also pull in the SiD cell they start from. The Snakefile and `eldistill grid`
+both call `build_grid`, so the workflow and the CLI agree on every id, path and error message.
 """
 
 from __future__ import annotations
@@ -57,7 +58,12 @@ CELL_KEYS = (
     "lr",
     "glr",
     "adam_betas",
+    "weight_decay",
+    "warmup_images",
+    "network_optim",
+    "dropout",
     "ema_halflife_images",
+    "ema_beta",
     "snapshot_images",
     "log_images",
     "seed",
@@ -177,13 +183,23 @@ def _check_vary(vary: dict[str, list], where: str, schema: dict[str, Any]) -> No
 def _layers(
     config: dict[str, Any], experiment: dict[str, Any], combo: dict[str, Any], variant: dict[str, Any], force=None
 ) -> list[dict[str, Any]]:
-    """The override layers of one cell, lowest first; the distiller's own layer goes right above the defaults
-    and depends on the final distiller. `force` (a last layer) turns a cell into another, e.g. SiD2A's SiD."""
+    """The override layers of one cell, lowest first; the distiller's own layer and its recipe for the cell's
+    dataset go right above the defaults and depend on the final distiller and teacher. `force` (a last layer)
+    turns a cell into another, e.g. SiD2A's SiD."""
     upper = [experiment.get("base", {}), combo, variant] + ([force] if force else [])
-    distiller = None
+    distiller, teacher = None, experiment.get("teacher")
     for layer in [config.get("defaults", {}), *upper]:
         distiller = layer.get("distiller", distiller)
-    return [BUILTIN_DEFAULTS, config.get("defaults", {}), config.get("distillers", {}).get(distiller, {}), *upper]
+        teacher = layer.get("teacher", teacher)
+    dataset = config["teachers"].get(teacher, {}).get("dataset")
+    recipe = config.get("recipes", {}).get(dataset, {}).get(distiller, {})
+    return [
+        BUILTIN_DEFAULTS,
+        config.get("defaults", {}),
+        config.get("distillers", {}).get(distiller, {}),
+        recipe,
+        *upper,
+    ]
 
 
 def _resolve(layers: list[dict[str, Any]]) -> dict[str, Any]:
@@ -293,6 +309,10 @@ def _check_references(config: dict[str, Any]) -> None:
                 f"config: teachers.{name}.conditional: dataset '{teacher['dataset']}' has no labels (datasets."
                 f"{teacher['dataset']}.labels)"
             )
+    for name in config.get("recipes", {}):
+        if name not in config["datasets"]:
+            known = ", ".join(sorted(config["datasets"]))
+            raise ConfigError(f"config: recipes.{name}: unknown dataset '{name}'; known: {known}")
     protocol = config["protocol"]
     if protocol["name"] == "fid50k-tf-inception":
         if not protocol["feature_net_url"]:

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from eldistill import dist
 from eldistill.cell import DISTILLERS, Cell
 from eldistill.distillers import Phase, SampleNoise, build_distiller
+from eldistill.distillers.base import set_dropout
 from eldistill.generator import one_step
 from eldistill.io import append_jsonl, atomic_torch_save, atomic_write_bytes, atomic_write_json, read_jsonl
 from eldistill.nets.edm2 import defer_forced_normalization, force_normalize_
@@ -114,10 +115,18 @@ def real_batch(ds, noise: SampleNoise, label_dim: int, device: torch.device):
     return images, torch.nn.functional.one_hot(labels.to(device), label_dim).float()
 
 
-def ema_beta(images_seen: int, batch: int, halflife_images: int) -> float:
-    """EDM's EMA decay per iteration: half-life in images, ramped up to EMA_RAMPUP * images seen."""
+def ema_beta(images_seen: int, batch: int, halflife_images: int, fixed: float | None = None) -> float:
+    """EDM's EMA decay per iteration: half-life in images, ramped up to EMA_RAMPUP * images seen (a half-life
+    of 0 makes the EMA the online generator, as DMD2 evaluates it); or a fixed decay (consistency models)."""
+    if fixed is not None:
+        return float(fixed)
     h = min(halflife_images, images_seen * EMA_RAMPUP)
     return 0.5 ** (batch / max(h, 1e-8))
+
+
+def warmup_factor(images_seen: int, warmup_images: int) -> float:
+    """Linear learning-rate warm-up from 0 (diffusers' constant_with_warmup, counted in images)."""
+    return 1.0 if warmup_images <= 0 else min(1.0, images_seen / warmup_images)
 
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
@@ -180,6 +189,10 @@ class Trainer:
         if cell.init_generator:
             init, init_meta = load_network(cell.init_generator)
             init = init.to(self.device)
+        if cell.dropout is not None:  # the references build teacher and copies with the run's --dropout
+            for net in (teacher, init):
+                if net is not None:
+                    set_dropout(net, cell.dropout)
         self.distiller = build_distiller(cell.distiller, teacher, cell.distiller_args, init)
         if init is not None and init_meta.get("sigma_init", self.distiller.sigma_init) != self.distiller.sigma_init:
             raise ValueError(
@@ -235,15 +248,19 @@ class Trainer:
         if cell.precision != "fp32" and not cuda and info.is_main:
             print(f"train: precision {cell.precision} applies on CUDA only; running fp32 on the CPU", file=sys.stderr)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        eps = 1e-6 if cell.precision == "fp16" else 1e-8  # the references' Adam eps
-        wd = float(self.distiller.args.get("weight_decay", 0.0))
-        kind = self.distiller.args.get("optimizer", "adam")
-        self.optimizers = {
-            name: build_optimizer(
-                net.parameters(), cell.generator_lr if name == "generator" else cell.lr, cell.adam_betas, eps, wd, kind
+        unknown = sorted(set(cell.network_optim) - set(self.nets))
+        if unknown:
+            raise ValueError(
+                f"cell {cell.cell_id}: 'network_optim.{unknown[0]}': {cell.distiller} trains no such network "
+                f"(it trains {', '.join(self.nets)})"
             )
-            for name, net in self.nets.items()
-        }
+        eps = 1e-6 if cell.precision == "fp16" else 1e-8  # the references' Adam eps
+        kind = self.distiller.args.get("optimizer", "adam")
+        self.optim_settings = {name: cell.optim_settings(name) for name in self.nets}
+        self.optimizers = {}
+        for name, net in self.nets.items():
+            s = self.optim_settings[name]
+            self.optimizers[name] = build_optimizer(net.parameters(), s["lr"], s["betas"], eps, s["weight_decay"], kind)
         self.images_seen = self.iterations = self.nonfinite = 0
         self.state_dir = Path(cell.state_dir)
         self.run_dir = Path(cell.run_dir)
@@ -430,6 +447,9 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(params, phase.clip_norm)
         if phase.step:
             for name in phase.nets:
+                settings = self.optim_settings[name]
+                for group in self.optimizers[name].param_groups:
+                    group["lr"] = settings["lr"] * warmup_factor(self.images_seen, settings["warmup_images"])
                 if self.scaler:
                     self.scaler.step(self.optimizers[name])
                 else:
@@ -442,7 +462,7 @@ class Trainer:
 
     @torch.no_grad()
     def update_ema(self) -> float:
-        beta = ema_beta(self.images_seen, self.cell.batch, self.cell.ema_halflife_images)
+        beta = ema_beta(self.images_seen, self.cell.batch, self.cell.ema_halflife_images, self.cell.ema_beta)
         for p_ema, p in zip(self.ema.parameters(), self.generator.parameters()):
             p_ema.copy_(p.detach().lerp(p_ema, beta))
         for b_ema, b in zip(self.ema.buffers(), self.generator.buffers()):

@@ -100,6 +100,17 @@ def resolve_args(name: str, defaults: dict[str, Any], overrides: dict[str, Any])
     return {**defaults, **overrides}
 
 
+def set_dropout(net: nn.Module, p: float) -> nn.Module:
+    """Set the dropout probability of every block of an EDM/EDM2 network (the references build the teacher and
+    its copies with the run's --dropout, which may differ from the teacher's training value)."""
+    for module in net.modules():
+        if module is not net and isinstance(getattr(module, "dropout", None), (int, float)):
+            module.dropout = float(p)
+    if isinstance(getattr(net, "config", None), dict) and "dropout" in net.config:
+        net.config["dropout"] = float(p)  # saved generators record the dropout they trained with
+    return net
+
+
 def fresh_copy(net: nn.Module) -> nn.Module:
     """A trainable copy of a network (fake score, discriminator backbone), starting from its weights."""
     return copy.deepcopy(net).train().requires_grad_(False)

@@ -62,8 +62,7 @@ class DMD(Distiller):
         "regression_weight": 0.0,  # DMD1's regression term (0 = DMD2)
         "regression_pairs": 256,  # fixed teacher noise-image pairs for it (EDM Heun, 18 steps)
         "regression_seed": 0,
-        "optimizer": "adamw",  # DMD2's AdamW (betas come from cell.adam_betas; the reference uses 0.9, 0.999)
-        "weight_decay": 0.01,
+        "optimizer": "adamw",  # DMD2's AdamW (betas, weight decay and warm-up are cell settings)
         "clip_norm": 10.0,  # gradient-norm clipping on every network
     }
 
