@@ -13,6 +13,7 @@ include: "rules/data.smk"
 include: "rules/teachers.smk"
 include: "rules/distill.smk"
 include: "rules/evaluate.smk"
+include: "rules/evaluate_teacher.smk"
 include: "rules/report.smk"
 
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import yaml
 
-from eldistill.grid import ConfigError, build_grid, merge
+from eldistill.grid import ConfigError, budget_text, build_grid, merge
+from eldistill.resources import retry_runtime, segment_images
 
 DEFAULT_CONFIG = Path(workflow.basedir) / "config" / "config.yaml"
 SCHEMA = Path(workflow.basedir) / "config" / "schemas" / "config.schema.yaml"
@@ -21,6 +22,13 @@ except ConfigError as e:  # before any job exists: name the key and stop
     sys.exit(f"eldistill: {e}")
 
 CFG = GRID.config  # validated, defaults filled
+MAX_RUNTIME = CFG["hardware"][
+    "max_runtime_min"
+]  # the site's limit: no job (retries included) asks more
+if (
+    workflow.is_main_process
+):  # before anything is submitted (the dry run too); not again inside each job
+    print(budget_text(GRID), file=sys.stderr)
 # the paper's numbers and tolerances: relative to the repository, so --directory elsewhere still finds them
 for _key in ("reported", "tolerances"):
     if not Path(CFG[_key]).is_absolute():

@@ -83,6 +83,7 @@ rule evaluate:
     resources:
         gpu=1 if ON_GPU else 0,
         tasks_per_gpu=0,
+        cpus_per_task=0,  # lets the profile's cpus_per_gpu reach sbatch (rules/distill.smk)
         runtime=lambda wc, attempt: (120 if ON_GPU else 30) * attempt,
         mem_mb=lambda wc, attempt: (32000 if ON_GPU else 4000) * attempt,
     params:

@@ -9,16 +9,23 @@ rule grid:
     output:
         grid=GRID_CSV,
         cells=expand(f"{RESULTS}/cells/{{cell}}.json", cell=CELL_IDS),
+        plan=f"{RESULTS}/plan.csv",  # each job's GPUs, segments and GPU-hours (eldistill.grid.plan_table)
     log:
         f"{LOGS}/grid.log",
     localrule: True
     params:
         rows=GRID.rows,  # a changed grid rewrites the files (params trigger)
     run:
-        from eldistill.grid import write_cells, write_grid_csv
+        from eldistill.grid import (
+            plan_table,
+            write_cells,
+            write_grid_csv,
+            write_plan_csv,
+        )
 
         write_grid_csv(params.rows, output.grid)
         write_cells(GRID, f"{RESULTS}/cells")
+        write_plan_csv(plan_table(GRID), output.plan)
 
 
 if CFG["gradvar"]:
@@ -34,6 +41,7 @@ if CFG["gradvar"]:
         resources:
             gpu=1 if ON_GPU else 0,
             tasks_per_gpu=0,
+            cpus_per_task=0,  # lets the profile's cpus_per_gpu reach sbatch (rules/distill.smk)
             runtime=lambda wc, attempt: 60 * attempt,
         params:
             ks=",".join(map(str, CFG["gradvar"]["ks"])),

@@ -51,18 +51,48 @@ def test_plan_miniature_and_cpu_only_clusters_use_the_cpu():
     mini = plan("mini", 16, 190_000, 64, 8, total_images=20_000)
     # hand calculation: 20000 images x 1.08 FLOP x 190000 params x 256 pixels / 4e10 FLOP/s = 26.27 s
     # -> x 1.5 safety = 0.66 min -> ceil 1 + 10 min overhead = 11
-    assert mini == {"gpus": 0, "nodes": 1, "batch_gpu": 64, "runtime_min": 11, "mem_mb": resources.CPU_MEM_MB}
+    assert mini == {
+        "gpus": 0, "nodes": 1, "batch_gpu": 64, "runtime_min": 11, "mem_mb": resources.CPU_MEM_MB, "segments": 1,
+        "total_min": 11, "precision": "fp32",
+    }  # fmt: skip
     assert plan("cifar10", 32, 56_000_000, 256, 0)["gpus"] == 0
 
 
 def test_plan_runtime_and_memory():
-    p = plan("cifar10", 32, 56_000_000, 256, 8, total_images=10_000_000)
-    seconds = 10_000_000 * (4 * 3 * 0.09) * 56_000_000 * 32**2 / (4 * 1e14)  # 4 GPUs
-    assert p["runtime_min"] == math.ceil(seconds * 1.5 / 60) + 10
+    p = plan("cifar10", 32, 56_000_000, 256, 8, total_images=10_000_000, precision="bf16")
+    seconds = 10_000_000 * (4 * 3 * 0.09) * 56_000_000 * 32**2 / (4 * 1e14)  # 4 GPUs at the 16-bit throughput
+    assert p["runtime_min"] == math.ceil(seconds * 1.5 / 60) + 10 == 49
     assert p["mem_mb"] == 16000 + 24000 * 4
-    # a cell longer than one job's cap asks for the cap (it resumes after a requeue); no length: the cap
-    assert plan("cifar10", 32, 56_000_000, 256, 8, total_images=10**12)["runtime_min"] == resources.MAX_RUNTIME_MIN
+    # fp32 (TF32) runs at half the 16-bit throughput: twice the work time, the same overhead
+    fp32 = plan("cifar10", 32, 56_000_000, 256, 8, total_images=10_000_000)
+    assert fp32["runtime_min"] == math.ceil(2 * seconds * 1.5 / 60) + 10 == 88 and fp32["precision"] == "fp32"
+    # no length: one job of the cap
     assert plan("cifar10", 32, 56_000_000, 256, 8, max_runtime_min=600)["runtime_min"] == 600
+    with pytest.raises(ValueError, match="'precision'"):
+        plan("cifar10", 32, 56_000_000, 256, 8, precision="fp8")
+    with pytest.raises(ValueError, match="'max_runtime_min'"):
+        plan("cifar10", 32, 56_000_000, 256, 8, max_runtime_min=10)
+
+
+def test_a_100_hour_cell_under_a_48_hour_limit_is_three_segments():
+    # 100 h = 6000 min including one 10 min start-up: 5990 min of work; a job can do 2880 - 10 = 2870 min of it,
+    # so 3 jobs of ceil(5990 / 3) + 10 = 2007 min each (2 jobs would need 3005 min each, over the limit)
+    assert resources.segments(6000, 2880) == (3, 2007)
+    assert resources.segments(2880, 2880) == (1, 2880) and resources.segments(2881, 2880) == (2, 1446)
+    # the same through plan(): 1 GPU, batch 16, images chosen so the cell takes 100 h at 16-bit throughput
+    seconds_per_image = (4 * 3 * 0.09) * 56_000_000 * 32**2 / 1e14
+    images = int((6000 - 10) * 60 / 1.5 / seconds_per_image) // 16 * 16
+    p = plan("cifar10", 32, 56_000_000, 16, 8, total_images=images, precision="fp16", max_runtime_min=2880)
+    assert (p["gpus"], p["total_min"], p["segments"]) == (1, 6000, 3) and p["runtime_min"] == 2007
+    # segment boundaries: equal thirds in whole iterations, the last at the end
+    ends = [resources.segment_images(images, 16, 3, k) for k in (1, 2, 3)]
+    assert ends[-1] == images and all(e % 16 == 0 for e in ends[:2]) and ends[0] < ends[1] < images
+    assert ends[0] == math.ceil(images / 3 / 16) * 16
+    # a retry asks for more time but never more than the limit (today's runtime x attempt asked 4014 and 6021)
+    assert [resources.retry_runtime(2007, a, 2880) for a in (1, 2, 3)] == [2007, 2880, 2880]
+    # GPU-hours: 3 segments x 2007 min x 1 GPU first; worst case 3 x (2007 + 2880 + 2880) with 2 retries
+    first, worst = resources.gpu_hours(p, retries=2, max_runtime_min=2880)
+    assert first == pytest.approx(3 * 2007 / 60) and worst == pytest.approx(3 * (2007 + 2880 + 2880) / 60)
 
 
 @pytest.mark.parametrize("batch", [16, 24, 48, 96, 256, 1000, 2048, 8192])

@@ -54,9 +54,13 @@ def test_job_counts(paper_dry_run):
     counts = {}
     for job in paper_dry_run:
         counts[job["rule"]] = counts.get(job["rule"], 0) + 1
-    # 56 cells (tests/workflow/test_grid.py counts them by hand); 12 of them need more than one 8-GPU node:
-    # batch 1024 and 2048 on CIFAR-10 (2 and 4 nodes) x EL off/on, ImageNet 64 at 8192 and ImageNet 512 at
-    # 2048 for SiD and SiD2A x EL off/on. Every cell but the conditional SiD+EL (only SiD2A's start) is evaluated.
+    g = grid([PAPER])
+    multi = sum(p["nodes"] > 1 for p in g.plans.values())
+    segments = {n: sum(p["segments"] - 1 for p in g.plans.values() if (p["nodes"] > 1) == n) for n in (False, True)}
+    # 83 cells (tests/workflow/test_grid.py counts them by hand), 14 of them on more than one 8-GPU node; a cell
+    # longer than the 48 h limit adds one segment job per extra share; every cell of a table row is evaluated
+    # (not the SiD starts that only SiD2A uses); 3 teacher evaluations
+    assert (len(g.cells), multi) == (83, 14)
     assert counts == {
         "grid": 1,
         "link_dataset": 5,
@@ -65,18 +69,23 @@ def test_job_counts(paper_dry_run):
         "download_reference": 5,
         "download_feature_net": 1,
         "gradvar": 1,
-        "distill": 44,
-        "distill_multinode": 12,
-        "evaluate": 55,
+        "distill": 83 - multi,
+        "distill_multinode": multi,
+        "distill_segment": segments[False],
+        "distill_segment_multinode": segments[True],
+        "evaluate": len({r["cell_id"] for r in g.rows if r["table"] != "teachers"}),
+        "evaluate_teacher": 3,
         "tables": 1,
         "all_tables": 1,
     }
+    assert segments[False] + segments[True] == sum(p["segments"] for p in g.plans.values()) - 83 > 0
 
 
-def test_gpus_nodes_and_runtime_per_cell(paper_dry_run):
+def test_gpus_nodes_cpus_and_runtime_per_cell(paper_dry_run):
     g = grid([PAPER])
     distill = [j for j in paper_dry_run if j["rule"].startswith("distill")]
-    assert sorted(j["wildcards"]["cell"] for j in distill) == sorted(g.cells)
+    finals = [j for j in distill if "segment" not in j["rule"]]
+    assert sorted(j["wildcards"]["cell"] for j in finals) == sorted(g.cells)
     for job in distill:
         cell = g.cells[job["wildcards"]["cell"]]
         teacher = g.config["teachers"][cell.labels["teacher"]]
@@ -88,13 +97,15 @@ def test_gpus_nodes_and_runtime_per_cell(paper_dry_run):
             cell.batch,
             8,
             total_images=cell.total_images,
+            precision=cell.precision,
         )
         res = job["resources"]
         assert int(res["gpu"]) == want["gpus"] and int(res["nodes"]) == want["nodes"], job
-        assert int(res["runtime"]) == want["runtime_min"] and int(res["mem_mb"]) == want["mem_mb"], job
-        assert res["cpus_per_gpu"] == "8"  # from the profile's set-resources
-        assert "tasks" not in res or job["rule"] == "distill_multinode"  # never a default `tasks`
-        if job["rule"] == "distill":
+        assert int(res["runtime"]) == want["runtime_min"] <= 2880 and int(res["mem_mb"]) == want["mem_mb"], job
+        # --cpus-per-gpu reaches sbatch: cpus_per_task 0 keeps the profile's default out of the way
+        assert res["cpus_per_gpu"] == "8" and res["cpus_per_task"] == "0", job
+        assert "tasks" not in res or "multinode" in job["rule"]  # never a default `tasks`
+        if "multinode" not in job["rule"]:
             assert res["tasks_per_gpu"] == "0" and "mpi" not in res
             assert (
                 f"[ {want['gpus']} -gt 1 ]; then launch='torchrun --standalone --nproc_per_node={want['gpus']}"
@@ -104,6 +115,13 @@ def test_gpus_nodes_and_runtime_per_cell(paper_dry_run):
             assert (res["tasks"], res["tasks_per_gpu"], res["mpi"]) == (str(want["gpus"]), "1", "srun")
             assert f"[ {want['nodes']} -gt 1 ]; then launch='srun eldistill'" in job["shell"]
         assert f"train --config results/paper/cells/{cell.cell_id}.json" in job["shell"]
+        if "segment" in job["rule"]:  # segment k of S trains to k/S of the images, whole iterations
+            k = int(job["wildcards"]["segment"])
+            assert 1 <= k < want["segments"]
+            until = -(-cell.total_images * k // (want["segments"] * cell.batch)) * cell.batch
+            assert f"--until-images {until} " in job["shell"]
+        else:
+            assert "--until-images" not in job["shell"]
 
 
 def test_hand_checked_cells(paper_dry_run):

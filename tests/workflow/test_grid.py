@@ -69,6 +69,8 @@ def test_paper_grid_counts_by_hand():
         per_experiment[row["experiment"]] = per_experiment.get(row["experiment"], 0) + 1
     # main 2 teachers x 3; frameworks 6 x 2; datasets 2 distillers x 2 EL x 4 datasets; batch 8 x 2; diversity
     # 3 x 3; aux 4; convergence 2
+    # frameworks_datasets 3 datasets x (DI, DMD, CM) + DMD2 on ImageNet 64, x EL; dmd_batch 3 variants; small_batch
+    # 2 batches x EL; teachers: 3 evaluations; edm2_sizes is off
     assert per_experiment == {
         "main": 6,
         "frameworks": 12,
@@ -77,11 +79,17 @@ def test_paper_grid_counts_by_hand():
         "diversity": 9,
         "aux_loss": 4,
         "convergence": 2,
+        "frameworks_datasets": 20,
+        "dmd_batch": 3,
+        "small_batch": 4,
+        "teachers": 3,
     }
     # distinct cells: frameworks 12; main adds the conditional 3 and the conditional SiD+EL start of SiD2A+EL;
     # datasets 16 (the SiD2A starts are its SiD cells); batch 16 - 2 shared; diversity 9 - 1 shared (4x4);
-    # aux 4 - 2 shared (none, el); convergence 0 new
-    assert len(g.cells) == 12 + 4 + 16 + 14 + 8 + 2 == 56
+    # aux 4 - 2 shared (none, el); convergence 0 new; frameworks_datasets 20; dmd_batch 3; small_batch: batch 16 x
+    # EL 2 plus their 2 SiD starts (batch 2048 is shared with datasets); teacher evaluations are not trained
+    assert len(g.cells) == 12 + 4 + 16 + 14 + 8 + 2 + 20 + 3 + 4 == 83
+    assert g.skipped == ["edm2_sizes"] and len(g.teacher_evals) == 3
     main_cond = [r for r in g.rows if r["experiment"] == "main" and r["conditional"]]
     assert {r["distiller"] for r in main_cond} == {"sid", "sid2a"}
     assert all(r["protocol"] == "fid50k-tf-inception" for r in g.rows)
@@ -120,7 +128,9 @@ def test_hardware_knobs_keep_the_ids():
 
 def test_defaults_come_from_the_schema():
     config = validate_config({"scale": "ci", "datasets": {}, "teachers": {}, "experiments": {}} | ci_config())
-    assert config["hardware"] == {"gpus_per_node": 0, "gpu_mem_gb": 80, "max_gpus": 32}
+    assert config["hardware"] == {
+        "gpus_per_node": 0, "gpu_mem_gb": 80, "max_gpus": 32, "max_runtime_min": 2880, "retries": 2
+    }  # fmt: skip
     assert config["experiments"]["main"]["vary"] == {}
     assert config["datasets"]["digits"]["make"]["source"] == "digits"
 
@@ -182,3 +192,121 @@ def test_every_shipped_config_is_valid():
     for path, scale in ((MINI, "mini"), (CI, "ci"), (PAPER, "paper")):
         g = grid([path])
         assert g.scale == scale and g.rows
+
+
+def test_dmd2_is_the_dmd_class_with_the_dmd2_recipe():
+    g = grid([PAPER])
+    (row,) = [r for r in g.rows if r["distiller"] == "dmd2" and not r["el"]]
+    cell = g.cells[row["cell_id"]]
+    assert cell.distiller == "dmd" and row["dataset"] == "imagenet64" and row["batch"] == 280
+    assert cell.distiller_args["gan"] is True and cell.distiller_args["gen_update_ratio"] == 5
+    assert (cell.lr, cell.precision, cell.total_images) == (2e-6, "bf16", 56_000_000)  # distillers.dmd2
+
+
+def test_teacher_evaluations_carry_edms_sampler_settings():
+    g = grid([PAPER])
+    evals = {e["name"]: e for e in g.teacher_evals.values()}
+    imagenet = evals["imagenet64"]["sampler"]
+    assert (imagenet["steps"], imagenet["S_churn"], imagenet["S_min"], imagenet["S_max"]) == (256, 40, 0.05, 50)
+    assert imagenet["S_noise"] == 1.003 and 2 * imagenet["steps"] - 1 == 511
+    cifar = evals["cifar10-uncond"]["sampler"]
+    assert (cifar["steps"], cifar["S_churn"], cifar["sigma_min"], cifar["sigma_max"], cifar["rho"]) == (
+        18,
+        0,
+        0.002,
+        80,
+        7,
+    )
+    rows = [r for r in g.rows if r["table"] == "teachers"]
+    assert sorted(r["distiller"] for r in rows) == ["teacher-edm-35nfe", "teacher-edm-35nfe", "teacher-edm-511nfe"]
+    assert all(r["batch"] == "" and not r["el"] for r in rows)
+
+
+def test_one_line_switches_an_experiment_on_and_another_selects_a_subset(tmp_path):
+    base = load_config([PAPER])
+    on = copy.deepcopy(base)
+    on["experiments"]["edm2_sizes"]["enabled"] = True
+    g = build_grid(on)
+    sizes = [r for r in g.rows if r["experiment"] == "edm2_sizes"]
+    assert len(sizes) == 5 and {r["batch"] for r in sizes} == {2048} and not g.skipped
+    only = copy.deepcopy(base)
+    only["only_experiments"] = ["main", "teachers"]
+    g = build_grid(only)
+    assert {r["experiment"] for r in g.rows} == {"main", "teachers"}
+    # main: (SiD, SiD2A, SiD2A+EL) x 2 teachers, plus the SiD+EL start of each SiD2A+EL (SiD2A starts from SiD)
+    assert len(g.cells) == 8
+    assert "frameworks" in g.skipped and "edm2_sizes" in g.skipped
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        # the example: a teacher in `vary` of an experiment that is switched off
+        (
+            lambda c: c["experiments"]["edm2_sizes"]["vary"]["teacher"].insert(2, "edm2-img512-q"),
+            "experiments.edm2_sizes.vary.teacher[2]: unknown teacher 'edm2-img512-q'",
+        ),
+        (
+            lambda c: c["experiments"]["datasets"]["variants"][1].update(teacher="afhq"),
+            "experiments.datasets.variants[1].teacher: unknown teacher 'afhq'",
+        ),
+        (lambda c: c["experiments"]["main"].update(base={"teacher": "x"}), "experiments.main.base.teacher: unknown"),
+        (lambda c: c["defaults"].update(teacher="x"), "defaults.teacher: unknown teacher 'x'"),
+        (lambda c: c["distillers"]["sid"].update(teacher="x"), "distillers.sid.teacher: unknown teacher 'x'"),
+        (lambda c: c.update(only_experiments=["main", "mian"]), "only_experiments[1]: unknown experiment 'mian'"),
+        (lambda c: c["full_grid"]["teachers"].append("x"), "full_grid.teachers[5]: unknown teacher 'x'"),
+        (lambda c: c["full_grid"]["distillers"].append("dmd3"), "full_grid.distillers[6]: 'dmd3' is not one of"),
+        (lambda c: c["teacher_evals"]["imagenet64"].update(teacher="x"), "teacher_evals.imagenet64.teacher: unknown"),
+        (lambda c: c["protocol"]["references"].update(lsun=""), "protocol.references.lsun: unknown dataset 'lsun'"),
+        (lambda c: c["experiments"]["edm2_sizes"].update(enabled="no"), "edm2_sizes.enabled: 'no' is not of type"),
+    ],
+)  # fmt: skip
+def test_every_name_in_the_paper_config_is_checked_used_or_not(edit, named):
+    config = load_config([PAPER])
+    edit(config)
+    assert named in _error(config)
+
+
+def test_full_grid_is_the_whole_product_counted_by_hand(capsys):
+    config = load_config([PAPER])
+    config["only_experiments"] = ["full_grid"]
+    config["full_grid"].update(
+        enabled=True,
+        teachers=["edm-cifar10-32x32-uncond-vp", "edm-ffhq-64x64-uncond-vp"],
+        distillers=["sid", "dmd"],
+        batch=[64, 256],
+        diversity=[[1, 1], [4, 4]],
+    )
+    g = build_grid(config)
+    # 2 teachers x 2 distillers x 2 batches x (EL off + EL on with 2 ensembles) = 24 cells, one row each
+    assert len(g.rows) == 24 == len(g.cells) and {r["table"] for r in g.rows} == {"full_grid"}
+    el_on = [r for r in g.rows if r["el"]]
+    assert sorted({(r["n_archs"], r["inits_per_arch"]) for r in el_on}) == [(1, 1), (4, 4)] and len(el_on) == 16
+
+
+def test_plan_csv_and_budget_add_up(tmp_path, capsys):
+    out = tmp_path / "plan.csv"
+    assert main(["grid", "--config", str(PAPER), "--plan", str(out)]) == 0
+    text = capsys.readouterr().out
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    g = grid([PAPER])
+    assert len(rows) == len(g.cells) + len(g.teacher_evals)
+    first = sum(float(r["gpu_hours_first"]) for r in rows)
+    worst = sum(float(r["gpu_hours_worst"]) for r in rows)
+    assert 0 < first < worst
+    total_line = next(line for line in text.splitlines() if line.strip().startswith("total"))
+    assert total_line.split()[1:] == [
+        str(len(rows)),
+        str(sum(int(r["segments"]) > 1 for r in rows)),
+        f"{first:,.0f}",
+        f"{worst:,.0f}",
+    ]
+    for r in rows:
+        gpus, segs, runtime = int(r["gpus"]), int(r["segments"]), int(r["runtime_min"])
+        assert runtime <= 2880  # hardware.max_runtime_min of paper.yaml
+        assert float(r["gpu_hours_first"]) == pytest.approx(gpus * segs * runtime / 60, abs=0.01)
+        # worst: each segment tried 3 times (retries 2), asking runtime, 2x and 3x, each capped at the limit
+        tries = sum(min(2880, runtime * a) for a in (1, 2, 3))
+        assert float(r["gpu_hours_worst"]) == pytest.approx(gpus * segs * tries / 60, abs=0.01)
+    assert "not selected (checked only): edm2_sizes" in text

@@ -24,6 +24,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "train-classifier": ("eldistill.metrics.classifier", "train the miniature protocol's feature network"),
     "ref-stats": ("eldistill.metrics.refstats", "reference statistics of a dataset for a FID protocol"),
     "evaluate": ("eldistill.metrics.evaluate", "FID of a generator checkpoint, or of every snapshot of a run"),
+    "evaluate-teacher": ("eldistill.metrics.teacher_eval", "FID of a teacher with EDM's sampler (the teacher rows)"),
     "gradvar": ("eldistill.embedding.gradvar", "gradient variance of EL against K embedders and batch B"),
     "grid": ("eldistill.grid", "expand and validate the experiment config into run cells"),
     "tables": ("eldistill.report.tables", "aggregate per-cell results into paper tables (CSV/MD/LaTeX)"),

@@ -3,6 +3,8 @@
 `plan()` is the single source of a cell's GPUs, nodes, per-GPU batch, runtime and memory: the SLURM
 profile's rules and `eldistill launch` both call it. The per-GPU batch is a hardware knob (never in the
 cell id): gradient accumulation fills the global batch, so it changes memory and speed, not results.
+A cell longer than the site's time limit runs as a chain of `segments` jobs, each within the limit, each
+resuming the state the previous one saved (`segment_images`, `retry_runtime`, `gpu_hours`).
 
 `distributed_env()` turns the variables torchrun or SLURM (srun, one task per GPU, as submitit launches
 it) put in the environment into rank, local rank, world size and the rendezvous address for DDP.
@@ -49,9 +51,12 @@ FLOPS_PER_PARAM_PIXEL = 4 * 3 * 0.09
 # card at ~1/3 of its 16-bit peak; override with gpu_flops= after measuring your own.
 CPU_FLOPS = 4e10
 GPU_FLOPS = 1e14
+# A cell's precision scales the GPU throughput: fp32 runs on TF32 tensor cores at half the 16-bit peak
+# (A100: 156 vs 312 TFLOP/s dense). The CPU runs fp32 whatever the cell says.
+PRECISION_THROUGHPUT = {"fp32": 0.5, "bf16": 1.0, "fp16": 1.0}
 RUNTIME_SAFETY = 1.5  # estimate x this, plus fixed overhead (start-up, snapshots)
 RUNTIME_OVERHEAD_MIN = 10
-MAX_RUNTIME_MIN = 2880  # one job's wall-clock cap (48 h, a common site limit); longer cells resume after requeue
+MAX_RUNTIME_MIN = 2880  # one job's wall-clock cap (48 h, a common site limit); longer cells run as segments
 HOST_MEM_MB_BASE = 16000
 HOST_MEM_MB_PER_GPU = 24000
 
@@ -132,12 +137,14 @@ def plan(
     gpu_flops: float = GPU_FLOPS,
     max_gpus: int = MAX_GPUS,
     max_runtime_min: int = MAX_RUNTIME_MIN,
-) -> dict[str, int]:
-    """GPUs, nodes, per-GPU batch, runtime (minutes, one job; capped at max_runtime_min: a longer cell
-    resumes from its state after a requeue) and host memory per node (MB) for one distillation cell.
+    precision: str = "fp32",
+) -> dict:
+    """GPUs, nodes, per-GPU batch, host memory per node (MB) and time of one distillation cell:
+    total_min (the whole cell: estimate x RUNTIME_SAFETY + overhead), segments (jobs of at most
+    max_runtime_min each) and runtime_min (what each segment's job asks for). precision is the cell's.
 
     gpus_per_node = 0, or a miniature teacher (< CPU_MAX_TEACHER_PARAMS), gives the CPU plan: gpus 0.
-    Without total_images the runtime is the full max_runtime_min."""
+    Without total_images the cell is one job of max_runtime_min."""
     if not isinstance(dataset, str) or not dataset:
         raise ValueError(f"resources.plan: 'dataset' must be a non-empty name, got {dataset!r}")
     _positive_int("resolution", resolution)
@@ -145,6 +152,16 @@ def plan(
     _positive_int("batch", batch)
     _positive_int("gpus_per_node", gpus_per_node, allow_zero=True)
     _positive_int("max_gpus", max_gpus)
+    _positive_int("max_runtime_min", max_runtime_min)
+    if max_runtime_min <= RUNTIME_OVERHEAD_MIN:
+        raise ValueError(
+            f"resources.plan: 'max_runtime_min' must exceed the {RUNTIME_OVERHEAD_MIN} min start-up overhead of a job, "
+            f"got {max_runtime_min}"
+        )
+    if precision not in PRECISION_THROUGHPUT:
+        raise ValueError(
+            f"resources.plan: 'precision' must be one of {', '.join(PRECISION_THROUGHPUT)}, got {precision!r}"
+        )
     if total_images is not None:
         _positive_int("total_images", total_images)
     net_res = network_resolution(resolution)
@@ -159,15 +176,59 @@ def plan(
             raise ValueError(f"{e} (dataset '{dataset}')") from None
         gpus, nodes = _choose_gpus(batch, fit, gpus_per_node, max_gpus)
         batch_gpu = _largest_divisor_at_most(batch // gpus, fit)
-        flops = gpu_flops * gpus
+        flops = gpu_flops * gpus * PRECISION_THROUGHPUT[precision]
 
     if total_images is None:
-        runtime = max_runtime_min
+        total = max_runtime_min
     else:
         seconds = total_images * FLOPS_PER_PARAM_PIXEL * teacher_params * net_res**2 / flops
-        runtime = min(max_runtime_min, math.ceil(seconds * RUNTIME_SAFETY / 60) + RUNTIME_OVERHEAD_MIN)
+        total = math.ceil(seconds * RUNTIME_SAFETY / 60) + RUNTIME_OVERHEAD_MIN
+    count, runtime = segments(total, max_runtime_min)
     mem_mb = CPU_MEM_MB if cpu else HOST_MEM_MB_BASE + HOST_MEM_MB_PER_GPU * (gpus // nodes)
-    return {"gpus": gpus, "nodes": nodes, "batch_gpu": batch_gpu, "runtime_min": runtime, "mem_mb": mem_mb}
+    return {
+        "gpus": gpus,
+        "nodes": nodes,
+        "batch_gpu": batch_gpu,
+        "runtime_min": runtime,
+        "mem_mb": mem_mb,
+        "segments": count,
+        "total_min": total,
+        "precision": precision,
+    }
+
+
+def segments(total_min: int, max_runtime_min: int) -> tuple[int, int]:
+    """(number of jobs, minutes each asks for) to run `total_min` (work + one start-up overhead) when no job may
+    exceed `max_runtime_min`: every job pays the start-up overhead again, so a 100 h cell under a 48 h limit is
+    3 jobs of 33 h 27 min each, not 2 of 50 h."""
+    work = max(total_min - RUNTIME_OVERHEAD_MIN, 1)
+    count = math.ceil(work / (max_runtime_min - RUNTIME_OVERHEAD_MIN))
+    return count, min(max_runtime_min, math.ceil(work / count) + RUNTIME_OVERHEAD_MIN)
+
+
+def segment_images(total_images: int, batch: int, count: int, k: int) -> int:
+    """Images seen at the end of segment k (1-based) of `count`: an equal share of the training, rounded up to
+    whole iterations; the last segment ends at total_images."""
+    if not 1 <= k <= count:
+        raise ValueError(f"segment {k} outside 1..{count}")
+    if k == count:
+        return total_images
+    return min(total_images, math.ceil(total_images * k / count / batch) * batch)
+
+
+def retry_runtime(runtime_min: int, attempt: int, max_runtime_min: int) -> int:
+    """Minutes a job asks for on its `attempt`-th try (1-based): more time on a retry, never above the site's
+    limit (a request above it is refused by sbatch or never starts). The retry resumes from the saved state."""
+    return min(max_runtime_min, runtime_min * max(attempt, 1))
+
+
+def gpu_hours(cell_plan: dict, retries: int, max_runtime_min: int) -> tuple[float, float]:
+    """(first attempt, worst case) GPU-hours that a cell's jobs reserve: every segment once at its runtime, and
+    every segment failing `retries` times, each retry asking retry_runtime()."""
+    gpus, runtime, count = cell_plan["gpus"], cell_plan["runtime_min"], cell_plan["segments"]
+    first = gpus * count * runtime / 60
+    worst = gpus * count * sum(retry_runtime(runtime, a, max_runtime_min) for a in range(1, retries + 2)) / 60
+    return first, worst
 
 
 # --- inside a job: who am I? -------------------------------------------------------------------------------

@@ -484,8 +484,11 @@ class Trainer:
     def crossed(self, every: int, before: int) -> bool:
         return every > 0 and self.images_seen // every > before // every
 
-    def run(self, stop: SignalFlag) -> dict:
+    def run(self, stop: SignalFlag, until_images: int | None = None) -> dict:
+        """Train to cell.total_images, or only to `until_images` (a segment of a long cell: the state is saved
+        and the next segment resumes it; no generator.pt until the last)."""
         cell, main = self.cell, self.info.is_main
+        stop_at = cell.total_images if until_images is None else min(until_images, cell.total_images)
         resumed = self.try_resume()
         if main:
             atomic_write_json(cell.to_dict(), self.run_dir / "config.json")
@@ -504,12 +507,12 @@ class Trainer:
         last = (read_jsonl(log_path) or [{}])[-1] if resumed and log_path.exists() else {}
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        while self.images_seen < cell.total_images:
+        while self.images_seen < stop_at:
             before = self.images_seen
             for k, v in self.iteration().items():
                 tick[k].append(v)
             bar.update(self.images_seen - before)
-            done = self.images_seen >= cell.total_images
+            done = self.images_seen >= stop_at
             if done or cell.log_images == 0 or self.crossed(cell.log_images, before):
                 elapsed = time.time() - tick_start
                 last = {k: sum(v) / len(v) for k, v in tick.items()}
@@ -528,7 +531,7 @@ class Trainer:
                 tick.clear()
                 tick_start, tick_images = time.time(), self.images_seen
             snapshot = self.crossed(cell.snapshot_images, before)
-            if snapshot or done:
+            if snapshot or self.images_seen >= cell.total_images:
                 self.save_snapshot()
             # Collective decisions: saving has a barrier, so every process must choose the same.
             stop_now, periodic = dist.any_processes(
@@ -543,6 +546,9 @@ class Trainer:
                     f"train: stopped by signal at {self.images_seen} images; state saved in {self.state_dir}"
                 )
         bar.close()
+        if self.images_seen < cell.total_images:  # a segment ended: its state is saved, the next one resumes
+            dist.barrier(self.world)
+            return last
         if main:
             from eldistill.checkpoints import save_network
 
@@ -559,8 +565,9 @@ def _jsonl_line(record: dict) -> str:
     return json.dumps(record, sort_keys=True) + "\n"
 
 
-def train(cell: Cell, device: str | None = None) -> dict:
-    """Run one cell to the end (resuming from its state if any) and return the last log record.
+def train(cell: Cell, device: str | None = None, until_images: int | None = None) -> dict:
+    """Run one cell to the end, or to `until_images` (one segment), resuming from its state if any, and return the
+    last log record.
     Raises StopRequested after saving when SIGTERM/SIGUSR1 arrived, NonFiniteError past the NaN limit."""
     info = dist.setup(device=device)
     try:
@@ -570,7 +577,7 @@ def train(cell: Cell, device: str | None = None) -> dict:
                 raise ValueError(f"cell {cell.cell_id}: '{key}' must be set to train")
         with SignalFlag() as stop:
             trainer = Trainer(cell, info)
-            return trainer.run(stop)
+            return trainer.run(stop, until_images)
     finally:
         dist.shutdown()
 
@@ -584,12 +591,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--config", required=True, help="the cell JSON (see eldistill.cell.Cell)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the process's own GPU if any)")
+    parser.add_argument(
+        "--until-images",
+        type=int,
+        default=None,
+        help="stop after this many images with the state saved (one segment of a cell longer than a job's limit)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         cell = Cell.load(args.config)
-        train(cell, device=args.device)
+        if args.until_images is not None and args.until_images <= 0:
+            raise ValueError(f"--until-images must be positive, got {args.until_images}")
+        train(cell, device=args.device, until_images=args.until_images)
     except StopRequested as e:
         print(e, file=sys.stderr)
         return EXIT_REQUEUE

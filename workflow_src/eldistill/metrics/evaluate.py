@@ -58,17 +58,26 @@ def generate_uint8(net: torch.nn.Module, sigma_init: float, seeds: list[int], de
 
 
 def generated_stats(
-    net, sigma_init, seeds: range, fnet, batch_size: int, device: str, desc: str, probs: list | None = None
+    net,
+    sigma_init,
+    seeds: range,
+    fnet,
+    batch_size: int,
+    device: str,
+    desc: str,
+    probs: list | None = None,
+    generate=None,
 ) -> FeatureStats:
     """Feature statistics of the generator's images for `seeds` (generation + features, one tqdm bar);
-    class probabilities are appended to `probs` when it is a list (for the Inception Score)."""
+    class probabilities are appended to `probs` when it is a list (for the Inception Score). `generate(seeds)`
+    -> uint8 images replaces the one-step generator (the teacher's own sampler, `evaluate-teacher`)."""
     from cleanfid.fid import get_batch_features
 
     stats = FeatureStats(fnet.dim)
     with tqdm(total=len(seeds), desc=desc, unit="img") as bar:
         for start in range(0, len(seeds), batch_size):
             batch = list(seeds[start : start + batch_size])
-            images = generate_uint8(net, sigma_init, batch, device)
+            images = generate(batch) if generate else generate_uint8(net, sigma_init, batch, device)
             if images.shape[1] == 1:
                 images = images.repeat(1, 3, 1, 1)  # greyscale -> RGB, as clean-fid/EDM read the dataset
             stats.update(get_batch_features(images.to(torch.float32), fnet, torch.device(device)))

@@ -199,7 +199,7 @@ def _candidates(ours: pd.DataFrame, paper_row: pd.Series) -> pd.DataFrame:
     same_metric = ours["metric"] == paper_row["metric"]
     if key.startswith("claim/") or paper_row["batch_size"].strip():
         return ours[same_metric & (ours["key"] == key)]
-    pattern = re.compile(re.escape(key) + r"/bs\d+")
+    pattern = re.compile(re.escape(key) + r"(/bs\d+)?")  # rows without a batch: the teachers' own FIDs
     return ours[same_metric & ours["key"].map(lambda k: bool(pattern.fullmatch(str(k))))]
 
 
