@@ -33,6 +33,10 @@ def test_id_ignores_hardware_knobs_but_not_results_settings():
     on4 = Cell.from_dict(base(el={"weight": 1.0})).cell_id
     on2 = Cell.from_dict(base(el={"weight": 1.0, "inits_per_arch": 2})).cell_id
     assert on4 != on2
+    # the EL scope (global batch or per round) changes the objective: in the id when EL is on, not when off
+    assert Cell.from_dict(base(el={"weight": 1.0})).el.scope == "global"
+    assert Cell.from_dict(base(el={"weight": 1.0, "scope": "round"})).cell_id != on4
+    assert Cell.from_dict(base(el={"scope": "round"})).cell_id == a.cell_id
 
 
 @pytest.mark.parametrize(
@@ -45,6 +49,7 @@ def test_id_ignores_hardware_knobs_but_not_results_settings():
         ({"bogus": 1}, "bogus"),
         ({"el": {"archs": ["cnn", "vit"]}}, "'el.archs'"),
         ({"el": {"wieght": 1}}, "wieght"),
+        ({"el": {"weight": 1.0, "scope": "batch"}}, "'el.scope'"),
         ({"distiller": "sid2a"}, "'init_generator'"),
     ],
 )

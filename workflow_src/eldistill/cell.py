@@ -21,6 +21,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 # Networks a distiller trains (each gets its own optimizer) and the settings a cell may give one of them.
 NETWORKS = ("generator", "fake_score", "gan_head")
 NETWORK_OPTIM_KEYS = ("lr", "betas", "weight_decay", "warmup_images")
+EL_SCOPES = ("global", "round")
 
 
 class CellError(ValueError):
@@ -44,6 +45,9 @@ class ELConfig:
     # "pixels" decodes generated and real latents with the VAE in `vae` (a local diffusers folder) first.
     space: str = "model"
     vae: str = ""
+    # "global": MMD^2 of the whole global batch (any split into processes and rounds gives the same loss);
+    # "round": estimated per accumulation round of batch_gpu samples and averaged (depends on batch_gpu).
+    scope: str = "global"
 
     @property
     def enabled(self) -> bool:
@@ -194,6 +198,8 @@ class Cell:
             raise bad("el.space", f"is {el.space!r}; choose model or pixels")
         if el.space == "pixels" and el.enabled and not el.vae:
             raise bad("el.vae", "must name the VAE folder when el.space is pixels (EL on decoded latents)")
+        if el.scope not in EL_SCOPES:
+            raise bad("el.scope", f"is {el.scope!r}; choose {' or '.join(EL_SCOPES)}")
         if check_files:
             for key in ("teacher", "dataset", "init_generator"):
                 path = getattr(self, key)

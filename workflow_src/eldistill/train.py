@@ -6,9 +6,12 @@ computes its share of the global batch in rounds of `batch_gpu` samples, gradien
 averaged over processes, then that phase's optimizers step. All randomness of a phase (noise, labels, sigmas,
 real-image indices) is drawn for the whole global batch from a seed of (cell.seed, iteration, phase) and
 sliced per round, so the update is the same however the batch is split, and a resumed run repeats exactly
-what an uninterrupted one would have done. The Embedding Loss is added here, to the generator turn of every
-distiller: loss += lambda_EL * EL(x_gen, x_real), estimated on each round's samples (an unbiased estimate
-for any round size) and averaged over rounds.
+what an uninterrupted one would have done; the generator's own randomness (dropout) is seeded per round
+from the same seed and the round's first row. The Embedding Loss is added here, to the generator turn of
+every distiller: loss += lambda_EL * EL(x_gen, x_real). With `el.scope: global` (the default) EL is the MMD^2
+of the whole global batch, computed by gradient caching (eldistill.global_el), so its value and gradient are
+those of one process holding the batch; `el.scope: round` estimates it on each round's samples and
+averages over rounds (the objective then depends on batch_gpu).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from eldistill.cell import DISTILLERS, Cell
 from eldistill.distillers import Phase, SampleNoise, build_distiller
 from eldistill.distillers.base import set_dropout
 from eldistill.generator import one_step
+from eldistill.global_el import cache_gradients, replayed_rng
 from eldistill.io import append_jsonl, atomic_torch_save, atomic_write_bytes, atomic_write_json, read_jsonl
 from eldistill.nets.edm2 import defer_forced_normalization, force_normalize_
 
@@ -99,6 +103,12 @@ class RoundNoise(SampleNoise):
 
 def phase_seed(seed: int, iteration: int, phase_index: int) -> int:
     return (seed * 1_000_003 + iteration * 16 + phase_index) % (1 << 63)
+
+
+def round_seed(phase_seed_value: int, start: int) -> int:
+    """Seed of the generator's dropout in the round whose first row in the global batch is `start`: the two
+    passes of the global-batch EL replay it, and a resumed run repeats it."""
+    return (phase_seed_value * 65_537 + start + 1) % (1 << 63)
 
 
 # --- small helpers -----------------------------------------------------------------------------------------
@@ -209,10 +219,11 @@ class Trainer:
         self.shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
         self.label_dim = int(teacher.label_dim)
 
-        if cell.el.enabled and cell.el.estimator == "unbiased" and self.batch_gpu < 2:
-            raise ValueError(
-                f"cell {cell.cell_id}: 'batch_gpu' = {self.batch_gpu}; the unbiased EL estimator needs >= 2"
-            )
+        if cell.el.enabled and cell.el.estimator == "unbiased":
+            # The unbiased estimator needs two samples per estimate: per round, or in the global batch.
+            key, size = ("batch_gpu", self.batch_gpu) if cell.el.scope == "round" else ("batch", cell.batch)
+            if size < 2:
+                raise ValueError(f"cell {cell.cell_id}: '{key}' = {size}; the unbiased EL estimator needs >= 2")
         self.ds = open_dataset(cell.dataset, encoder=self.encoder)
         if (self.ds.channels, self.ds.resolution, self.ds.resolution) != self.shape:
             raise ValueError(
@@ -351,6 +362,36 @@ class Trainer:
             return nullcontext()
         return torch.autocast("cuda", dtype=self.amp_dtype)
 
+    def _round_inputs(self, prand: PhaseRandom, r: int, with_real: bool):
+        """Round r's noise, generator inputs and (when asked) real batch, from the phase's global draws in
+        a fixed order (noise, labels, real rows), so both EL passes see the same inputs."""
+        start = self.info.rank * self.batch_local + r * self.batch_gpu
+        noise = RoundNoise(prand, start, start + self.batch_gpu)
+        z = noise.randn(*self.shape)
+        labels = None
+        if self.label_dim:
+            labels = torch.nn.functional.one_hot(noise.randint(0, self.label_dim), self.label_dim).float()
+        real = real_labels = None
+        if with_real:
+            real, real_labels = real_batch(self.ds, noise, self.label_dim, self.device)
+        return noise, start, z, labels, real, real_labels
+
+    def _generate(self, z: torch.Tensor, labels, seed: int) -> torch.Tensor:
+        with replayed_rng(seed, self.device):
+            return one_step(self.generator, z, self.distiller.sigma_init, labels)
+
+    def _global_el_pass(self, prand: PhaseRandom, seed: int):
+        """Pass 1 of the global-batch EL: every round's images without graph -> cached feature gradients."""
+
+        def rounds():
+            for r in range(self.rounds):
+                _, start, z, labels, real, _ = self._round_inputs(prand, r, with_real=True)
+                with torch.no_grad(), self.autocast():
+                    x_gen, real = self.el_inputs(self._generate(z, labels, round_seed(seed, start)), real)
+                yield x_gen, real
+
+        return cache_gradients(self.el, rounds(), self.info.rank, self.world)
+
     def run_phase(self, phase: Phase, index: int, logs: dict[str, float]) -> None:
         cell, gen_phase = self.cell, phase.name == "generator"
         for name, net in self.nets.items():
@@ -362,29 +403,25 @@ class Trainer:
             if name in self.force_normalized:
                 force_normalize_(self.nets[name])
         use_el = gen_phase and self.el is not None
-        prand = PhaseRandom(phase_seed(cell.seed, self.iterations, index), cell.batch, self.device)
+        seed = phase_seed(cell.seed, self.iterations, index)
+        prand = PhaseRandom(seed, cell.batch, self.device)
+        cached = self._global_el_pass(prand, seed) if use_el and cell.el.scope == "global" else None
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         for r in range(self.rounds):
-            start = self.info.rank * self.batch_local + r * self.batch_gpu
-            noise = RoundNoise(prand, start, start + self.batch_gpu)
+            noise, start, z, labels, real, real_labels = self._round_inputs(prand, r, phase.needs_real or use_el)
             n = self.batch_gpu
             with self.autocast():
-                z = noise.randn(*self.shape)
-                labels = None
-                if self.label_dim:
-                    labels = torch.nn.functional.one_hot(noise.randint(0, self.label_dim), self.label_dim).float()
                 x_gen = None
                 if phase.needs_generated or use_el:
                     with torch.set_grad_enabled(gen_phase):
-                        x_gen = one_step(self.generator, z, self.distiller.sigma_init, labels)
-                real = real_labels = None
-                if phase.needs_real or use_el:
-                    real, real_labels = real_batch(self.ds, noise, self.label_dim, self.device)
+                        x_gen = self._generate(z, labels, round_seed(seed, start))
                 per_sample, terms = self.distiller.loss(
                     phase.name, x_gen, labels, real, real_labels, noise, self.images_seen
                 )
                 loss = per_sample.sum() / self.batch_local
-                if use_el:
+                if cached is not None:
+                    loss = loss + cell.el.weight * cached.surrogate(r, self.el_inputs(x_gen, None)[0])
+                elif use_el:
                     el_value, per_embedder = self.el(*self.el_inputs(x_gen, real))
                     loss = loss + cell.el.weight * el_value * (n / self.batch_local)
                     sums["el"] += el_value.detach() * n
@@ -395,14 +432,19 @@ class Trainer:
             for key, v in terms.items():
                 sums[f"loss/{phase.name}/{key}"] += v.detach().float().sum()
         self._record(sums, logs)
+        if cached is not None:  # the same global value on every rank: nothing to average
+            logs["el"] = float(cached.value)
+            for name, v in zip(self.el_names, cached.per_embedder.tolist()):
+                logs[f"el/{name}"] = v
         self._step(phase, params, logs)
 
-    def el_inputs(self, x_gen: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def el_inputs(self, x_gen: torch.Tensor, real: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """What EL compares: the teacher's space, or decoded pixels in [-1, 1] when el.space is "pixels"."""
         if self.el_codec is None:
             return x_gen, real
-        with torch.no_grad():
-            real = self.el_codec.decode(real)
+        if real is not None:
+            with torch.no_grad():
+                real = self.el_codec.decode(real)
         return self.el_codec.decode(x_gen), real
 
     def _record(self, sums: dict[str, torch.Tensor], logs: dict[str, float]) -> None:

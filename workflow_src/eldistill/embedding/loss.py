@@ -78,6 +78,19 @@ def grouped_mmd2(
     f_gen = group(x_gen)
     with torch.no_grad():
         f_real = group(x_real)
+    return family_mmd2(f_gen, f_real, bandwidths, bandwidth_mode, estimator, feature_norm)
+
+
+def family_mmd2(
+    f_gen: torch.Tensor,
+    f_real: torch.Tensor,
+    bandwidths: Sequence[float],
+    bandwidth_mode: str = "median",
+    estimator: str = "unbiased",
+    feature_norm: str = "none",
+) -> torch.Tensor:
+    """(K,) MMD^2 of K embedders' features, f_gen (K, n, D) against f_real (K, m, D). Normalisation and the
+    median bandwidth are taken over exactly these rows, so the caller decides which batch they come from."""
     f_gen, f_real = normalize_features(f_gen, f_real, feature_norm)
     bw = torch.tensor(bandwidths, dtype=f_gen.dtype, device=f_gen.device).expand(f_gen.shape[0], -1)
     if bandwidth_mode == "median":
@@ -171,14 +184,14 @@ class EmbeddingLoss(nn.Module):
     def train(self, mode: bool = True) -> EmbeddingLoss:
         return super().train(False)  # the embedders are frozen: never in training mode
 
-    def _check_images(self, x: torch.Tensor, name: str, finite: bool = True) -> None:
+    def _check_images(self, x: torch.Tensor, name: str, finite: bool = True, min_batch: int = 1) -> None:
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise ValueError(f"{name} must be images (B, C, H, W), got shape {tuple(getattr(x, 'shape', ()))}")
         if x.shape[1] != self.in_channels:
             raise ValueError(f"{name} has {x.shape[1]} channels; this EmbeddingLoss was built for {self.in_channels}")
         if x.shape[0] == 0:
             raise ValueError(f"{name} is an empty batch")
-        if self.estimator == "unbiased" and x.shape[0] < 2:
+        if x.shape[0] < min_batch:
             raise ValueError(f"{name} has batch {x.shape[0]}; the unbiased estimator needs at least 2 images")
         if finite:
             check_finite(x, name)
@@ -189,10 +202,11 @@ class EmbeddingLoss(nn.Module):
             embedder, x_gen, x_real, self.bandwidths, self.bandwidth_mode, self.estimator, self.feature_norm
         )
 
-    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def features(self, images: torch.Tensor, name: str = "images", finite: bool = False) -> list[torch.Tensor]:
         """Each family's features of `images`, as one (inits_per_arch, B, D_family) tensor per entry of archs
-        (row i of family a = embedder names 'a/i'); gradients flow to `images` when it requires them."""
-        self._check_images(images, "images", finite=False)
+        (row i of family a = embedder names 'a/i'); gradients flow to `images` when it requires them.
+        Any batch size >= 1 (a batch of one is a valid part of a larger batch); `finite` checks for NaN/inf."""
+        self._check_images(images, name, finite=finite)
         dtype = next(iter(self.buffers())).dtype
         with torch.autocast(device_type=images.device.type, enabled=False):
             images = images.to(dtype)
@@ -201,9 +215,15 @@ class EmbeddingLoss(nn.Module):
             k, separate = self.inits_per_arch, self.embedders
             return [torch.stack([e(images) for e in separate[i : i + k]]) for i in range(0, len(separate), k)]
 
+    def features_mmd2(self, f_gen: torch.Tensor, f_real: torch.Tensor) -> torch.Tensor:
+        """(inits_per_arch,) MMD^2 of one family's features (an entry of `features`) with this loss's settings."""
+        with torch.autocast(device_type=f_gen.device.type, enabled=False):
+            return family_mmd2(f_gen, f_real, self.bandwidths, self.bandwidth_mode, self.estimator, self.feature_norm)
+
     def forward(self, x_gen: torch.Tensor, x_real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check_images(x_gen, "x_gen", finite=self.check_gen_finite)
-        self._check_images(x_real, "x_real")
+        least = 2 if self.estimator == "unbiased" else 1
+        self._check_images(x_gen, "x_gen", finite=self.check_gen_finite, min_batch=least)
+        self._check_images(x_real, "x_real", min_batch=least)
         dtype = next(iter(self.buffers())).dtype  # float32 unless the module was cast (e.g. .double())
         settings = (self.bandwidths, self.bandwidth_mode, self.estimator, self.feature_norm)
         with torch.autocast(device_type=x_gen.device.type, enabled=False):
