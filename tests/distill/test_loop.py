@@ -138,24 +138,54 @@ def run_rank(cell: Cell, rank: int, port: int) -> None:
         os._exit(code)  # leave pytest's own exit handlers to the parent
 
 
-def test_two_process_gloo_ddp_equals_one_process(make_cell):
-    settings = dict(distiller="sida", batch=8, batch_gpu=4, total_images=16, distiller_args=SIDA_NOW)
-    single = make_cell(run="single", **settings)  # 2 accumulation rounds of 4
-    train(single)
-    ddp = make_cell(run="ddp", **settings)  # 2 processes x 1 round of 4
+def train_two_processes(cell: Cell) -> None:
     port = free_port()
     # fork: the children inherit the imported torch, so the test does not pay two more interpreter starts
-    procs = [multiprocessing.get_context("fork").Process(target=run_rank, args=(ddp, r, port)) for r in range(2)]
+    procs = [multiprocessing.get_context("fork").Process(target=run_rank, args=(cell, r, port)) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(timeout=300)
     assert [p.exitcode for p in procs] == [0, 0]
+
+
+def test_two_process_gloo_ddp_equals_one_process(make_cell):
+    settings = dict(distiller="sida", batch=8, batch_gpu=4, total_images=16, distiller_args=SIDA_NOW)
+    single = make_cell(run="single", **settings)  # 2 accumulation rounds of 4
+    train(single)
+    ddp = make_cell(run="ddp", **settings)  # 2 processes x 1 round of 4
+    train_two_processes(ddp)
     a, _ = weights(Path(single.run_dir) / "generator.pt")
     b, _ = weights(Path(ddp.run_dir) / "generator.pt")
     assert_same_log(single, ddp)
     assert_same(a, b, rtol=1e-4, atol=1e-5)
     assert len(read_jsonl(Path(ddp.run_dir) / "metrics.jsonl")) == 2  # rank 0 alone writes
+
+
+def test_el_on_batch_32_equals_4_rounds_of_8_equals_2_processes_x_2_rounds_of_8(make_cell, tiny_el):
+    settings = dict(distiller="sid", batch=32, total_images=64, el=tiny_el)
+    full = make_cell(run="el-full", **settings)  # one process, one round of 32
+    rounds = make_cell(run="el-rounds", batch_gpu=8, **settings)  # one process, 4 rounds of 8
+    ddp = make_cell(run="el-ddp", batch_gpu=8, **settings)  # 2 gloo processes x 2 rounds of 8
+    per_round = make_cell(run="el-per-round", batch_gpu=8, **{**settings, "el": {**tiny_el, "scope": "round"}})
+    for cell in (full, rounds, per_round):
+        train(cell)
+    train_two_processes(ddp)
+    logs = {c.run_dir: read_jsonl(Path(c.run_dir) / "metrics.jsonl") for c in (full, rounds, ddp, per_round)}
+    keys = ["el", "el/cnn/0", "el/cnn/1", "loss/generator", "grad_norm/generator", "grad_norm/fake_score"]
+    for other in (rounds, ddp):
+        for a, b in zip(logs[full.run_dir], logs[other.run_dir], strict=True):
+            for k in keys:
+                assert b[k] == pytest.approx(a[k], rel=1e-5), (other.run_dir, k)
+    a, _ = weights(Path(full.run_dir) / "generator.pt")
+    assert any(not torch.equal(a[k], w) for k, w in load_network(full.teacher)[0].state_dict().items())  # it moved
+    for other in (rounds, ddp):
+        assert_same(a, weights(Path(other.run_dir) / "generator.pt")[0], rtol=1e-4, atol=1e-5)
+        assert_same(state_nets(full), state_nets(other), rtol=1e-4, atol=1e-5)
+    # The per-round estimate (el.scope: round) is another objective: its EL differs at the same split.
+    assert per_round.cell_id != rounds.cell_id
+    first = logs[per_round.run_dir][0]["el"], logs[full.run_dir][0]["el"]
+    assert first[0] != pytest.approx(first[1], rel=1e-2), first
 
 
 def test_nonfinite_steps_are_skipped_then_stop(make_cell, monkeypatch):

@@ -22,12 +22,31 @@ def test_same_seed_same_embedder_different_seed_different(family, images):
     assert not torch.allclose(a(x), c(x), atol=1e-3)
 
 
-def test_families_with_one_seed_differ_and_names_match_the_config(images):
+def test_families_are_four_architectures_and_names_match_the_config(images):
     from eldistill.cell import EMBEDDER_FAMILIES
+    from eldistill.embedding.embedders import AttentionEmbedder, CNNEmbedder, MultiScaleEmbedder, ResNetEmbedder
 
     assert tuple(FAMILIES) == tuple(EMBEDDER_FAMILIES)
-    feats = [build_embedder(f, 0)(images(2)) for f in FAMILIES]
-    assert len({f.shape[1] for f in feats}) == len(FAMILIES)  # four different architectures
+    want = {
+        "cnn": CNNEmbedder,
+        "multiscale": MultiScaleEmbedder,
+        "resnet": ResNetEmbedder,
+        "attention": AttentionEmbedder,
+    }
+    for family in FAMILIES:
+        e = build_embedder(family, 0)
+        assert type(e.net) is want[family] and e.family == family
+    # They see an image differently: the plain CNN is local, the attention network global. Changing the
+    # top-left 4x4 pixels of a 32x32 image leaves the CNN's bottom-right pooled cell (receptive field 15
+    # pixels, from row and column 17 on) exactly as it was, and changes every attention feature.
+    x = images(2, r=32)
+    y = x.clone()
+    y[:, :, :4, :4] = -y[:, :, :4, :4]
+    cnn, attention = build_embedder("cnn", 0), build_embedder("attention", 0)
+    far_cell = cnn(x).reshape(2, -1, 4, 4)[..., 3, 3], cnn(y).reshape(2, -1, 4, 4)[..., 3, 3]
+    assert torch.equal(*far_cell)
+    assert not torch.equal(cnn(x), cnn(y))
+    assert bool((attention(x) != attention(y)).all())
 
 
 def test_building_leaves_the_global_rng_alone():

@@ -86,27 +86,31 @@ def test_seed_rebuilds_the_same_loss_and_another_seed_changes_it(images):
 
 
 def test_frozen_outside_optimizer_and_generator_checkpoint(images):
+    # The worst case: EL registered inside the module whose parameters the optimizer takes and whose
+    # state_dict becomes the checkpoint. Neither may pick up an embedder weight.
     gen = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Tanh(), nn.Conv2d(8, 3, 3, padding=1), nn.Tanh())
-    el = EmbeddingLoss(**SMALL)
-    assert list(el.parameters()) == [] and el.state_dict() == {}
-    with pytest.raises(ValueError):
-        torch.optim.Adam(el.parameters())  # nothing to optimise: the embedders are buffers
-    opt = torch.optim.Adam(gen.parameters(), lr=1e-2)
-    in_opt = {id(p) for group in opt.param_groups for p in group["params"]}
+    model = nn.ModuleDict({"gen": gen, "el": EmbeddingLoss(**SMALL)})
+    el = model["el"]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    in_opt = [p for group in opt.param_groups for p in group["params"]]
+    assert [id(p) for p in in_opt] == [id(p) for p in gen.parameters()]
+    assert set(model.state_dict()) == {f"gen.{k}" for k in gen.state_dict()}
     before = [b.clone() for b in el.buffers()]
+    gen_before = [p.clone() for p in gen.parameters()]
     for step in range(3):
         loss = el(gen(images(4, seed=step)), images(4, seed=10 + step))[0]
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert all(torch.equal(a, b) for a, b in zip(before, el.buffers(), strict=True))
-    assert not any(id(b) in in_opt for b in el.buffers())
-    el.train()
-    assert not any(m.training for m in el.modules())
+    assert all(torch.equal(a, b) for a, b in zip(before, el.buffers(), strict=True))  # the embedders did not move
+    assert not any(torch.equal(a, b) for a, b in zip(gen_before, gen.parameters(), strict=True))  # the generator did
+    assert not any(b.requires_grad or b.grad is not None for b in el.buffers())  # no gradient was kept for them
+    model.train()
+    assert gen.training and not any(m.training for m in el.modules())
     buf = io.BytesIO()
-    torch.save(gen.state_dict(), buf)
+    torch.save(model.state_dict(), buf)
     saved = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
-    assert set(saved) == set(gen.state_dict()) and not any("embed" in k or "net." in k for k in saved)
+    assert set(saved) == {f"gen.{k}" for k in gen.state_dict()}
 
 
 def test_optimising_points_by_el_alone_matches_mean_and_spread():
