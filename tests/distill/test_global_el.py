@@ -47,15 +47,14 @@ def reference(el: EmbeddingLoss, x_gen: torch.Tensor, x_real: torch.Tensor):
 
 
 def global_gradients(el, x_gen, x_real, rank=0, world=1):
-    """This rank's rounds through both passes: (value, per-embedder values, gradient w.r.t. its images)."""
-    gen_rounds, real_rounds = x_gen.split(ROUND), x_real.split(ROUND)
-    cached = cache_gradients(el, zip(gen_rounds, real_rounds), rank, world)
-    grads = []
+    """This rank's rounds through both passes: (value, per-embedder values, gradient w.r.t. its images).
+    As in the loop, the last round comes to pass 1 with its graph and pass 2 reuses its features."""
+    gen_rounds = [x.clone().requires_grad_(True) for x in x_gen.split(ROUND)]
+    pass1 = [x if r == len(gen_rounds) - 1 else x.detach() for r, x in enumerate(gen_rounds)]
+    cached = cache_gradients(el, zip(pass1, x_real.split(ROUND)), rank, world)
     for r, x in enumerate(gen_rounds):
-        x = x.clone().requires_grad_(True)
-        cached.surrogate(r, x).backward()
-        grads.append(x.grad)
-    return cached.value.item(), cached.per_embedder, torch.cat(grads)
+        cached.surrogate(r, None if r == len(gen_rounds) - 1 else x).backward()
+    return cached.value.item(), cached.per_embedder, torch.cat([x.grad for x in gen_rounds])
 
 
 @pytest.mark.parametrize("settings", SETTINGS.values(), ids=SETTINGS.keys())
@@ -139,26 +138,28 @@ def test_the_loop_replays_each_rounds_images_dropout_included(tmp_path, monkeypa
             state_dir=str(tmp_path / "state"),
         )
     )
-    first, second = [], []
+    first, second = [], {}
 
     def recording_cache(el, rounds, rank, world):
         rounds = list(rounds)
-        first.extend(x for x, _ in rounds)
+        first.extend(x.detach().clone() for x, _ in rounds)
         return cache_gradients(el, rounds, rank, world)
 
     real_surrogate = CachedEL.surrogate
 
     def recording_surrogate(self, r, x_gen):
-        second.append(x_gen.detach().clone())
+        second[r] = x_gen.detach().clone() if x_gen is not None else None
         return real_surrogate(self, r, x_gen)
 
     monkeypatch.setattr(train_module, "cache_gradients", recording_cache)
     monkeypatch.setattr(CachedEL, "surrogate", recording_surrogate)
     trainer = Trainer(cell, train_module.dist.setup(device="cpu"))
     trainer.iteration()
-    assert len(first) == len(second) == 3
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
+    # Rounds 0 and 1 are generated again in pass 2; round 2, the last, is reused with its graph.
+    assert len(first) == 3 and sorted(second) == [0, 1, 2] and second[2] is None
+    for r in (0, 1):
+        assert torch.equal(first[r], second[r])
+    assert not torch.equal(first[0], first[1])
     # Dropout is really on: the same inputs in eval mode give other images.
     trainer.generator.eval()
     with torch.no_grad():

@@ -12,6 +12,8 @@ caching:
   pass 2 (the usual rounds, with graph): each round's images are embedded again and the cached feature
     gradients are pushed back through them by the surrogate sum(features * cached_gradient)
     (`CachedEL.surrogate`), so the generator receives the exact gradient of the global-batch EL.
+    The loop makes its last round of pass 1 with graph and reuses it in pass 2, so the extra cost is one
+    generator and one embedder forward (no backward) for each of the other rounds: none with one round.
 
 Pass 2 must see the images of pass 1: the loop draws the round's inputs from the same (seed, iteration,
 phase) draws, and runs the generator inside `replayed_rng(round_seed)` so that dropout repeats too.
@@ -56,14 +58,16 @@ class CachedEL:
     """The global-batch EL of one iteration and its gradient with respect to this rank's generated
     features, split per accumulation round."""
 
-    def __init__(self, el: EmbeddingLoss, value: torch.Tensor, per_embedder: torch.Tensor, grads: list[list]):
+    def __init__(self, el: EmbeddingLoss, value, per_embedder, grads: list[list], kept: dict[int, list]):
         self.el, self.value, self.per_embedder = el, value, per_embedder
         self._grads = grads  # [round][family] -> (inits_per_arch, batch_gpu, D_family)
+        self._kept = kept  # round -> its features with graph, for rounds whose images came with a graph
 
-    def surrogate(self, r: int, x_gen: torch.Tensor) -> torch.Tensor:
+    def surrogate(self, r: int, x_gen: torch.Tensor | None) -> torch.Tensor:
         """A scalar whose gradient with respect to round r's images (with graph) is that of the global EL,
-        multiplied by the world size so that the loop's average over processes yields the full gradient."""
-        features = self.el.features(x_gen, "x_gen")
+        multiplied by the world size so that the loop's average over processes yields the full gradient.
+        x_gen None: round r's images came to pass 1 with their graph, whose features are reused (once)."""
+        features = self._kept.pop(r) if x_gen is None else self.el.features(x_gen, "x_gen")
         return sum((f * g).sum() for f, g in zip(features, self._grads[r], strict=True))
 
 
@@ -77,16 +81,21 @@ def cache_gradients(
     el: EmbeddingLoss, rounds: Iterable[tuple[torch.Tensor, torch.Tensor]], rank: int, world_size: int
 ) -> CachedEL:
     """Pass 1. `rounds` yields this rank's (generated, real) images of each accumulation round, in the
-    order of their rows in the global batch; the generated ones need no graph. Every rank must call this
-    with the same number of rounds and round size (a collective)."""
-    gen, real, sizes = [], [], []
-    with torch.no_grad():
-        for x_gen, x_real in rounds:
-            if x_gen.shape[0] != x_real.shape[0]:
-                raise ValueError(f"a round has {x_gen.shape[0]} generated but {x_real.shape[0]} real images")
-            gen.append(el.features(x_gen.detach(), "x_gen"))
+    order of their rows in the global batch. Generated images need no graph; those that have one keep
+    their features' graph for `surrogate(r, None)`. Every rank must call this with the same number of
+    rounds and round size (a collective)."""
+    gen, real, sizes, kept = [], [], [], {}
+    for r, (x_gen, x_real) in enumerate(rounds):
+        if x_gen.shape[0] != x_real.shape[0]:
+            raise ValueError(f"a round has {x_gen.shape[0]} generated but {x_real.shape[0]} real images")
+        with torch.set_grad_enabled(x_gen.requires_grad):
+            features = el.features(x_gen, "x_gen")
+        if x_gen.requires_grad:
+            kept[r] = features
+        gen.append([f.detach() for f in features])
+        with torch.no_grad():
             real.append(el.features(x_real, "x_real", finite=True))
-            sizes.append(x_gen.shape[0])
+        sizes.append(x_gen.shape[0])
     shapes = [f.shape for f in gen[0]]  # per family (k, b, D)
     widths = [k * d for k, _, d in shapes]
     local_n = sum(sizes)
@@ -106,4 +115,4 @@ def cache_gradients(
         grads.append(grad[:, mine] * (world_size / total))  # EL is the mean over all embedders
     per_round = [list(t) for t in zip(*(g.split(sizes, 1) for g in grads), strict=True)]
     per_embedder = torch.cat(values)
-    return CachedEL(el, per_embedder.mean(), per_embedder, per_round)
+    return CachedEL(el, per_embedder.mean(), per_embedder, per_round, kept)

@@ -27,6 +27,7 @@ import time
 from collections import defaultdict
 from contextlib import nullcontext
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -36,7 +37,7 @@ from eldistill.cell import DISTILLERS, Cell
 from eldistill.distillers import Phase, SampleNoise, build_distiller
 from eldistill.distillers.base import set_dropout
 from eldistill.generator import one_step
-from eldistill.global_el import cache_gradients, replayed_rng
+from eldistill.global_el import CachedEL, cache_gradients, replayed_rng
 from eldistill.io import append_jsonl, atomic_torch_save, atomic_write_bytes, atomic_write_json, read_jsonl
 from eldistill.nets.edm2 import defer_forced_normalization, force_normalize_
 
@@ -99,6 +100,16 @@ class RoundNoise(SampleNoise):
 
     def randint(self, low, high, *shape):
         return self._take("randint", shape, int(low), int(high))
+
+
+class Round(NamedTuple):
+    """One accumulation round: its noise (for the distiller's further draws), labels, real batch and images."""
+
+    noise: RoundNoise
+    labels: torch.Tensor | None
+    real: torch.Tensor | None
+    real_labels: torch.Tensor | None
+    x_gen: torch.Tensor | None
 
 
 def phase_seed(seed: int, iteration: int, phase_index: int) -> int:
@@ -362,35 +373,40 @@ class Trainer:
             return nullcontext()
         return torch.autocast("cuda", dtype=self.amp_dtype)
 
-    def _round_inputs(self, prand: PhaseRandom, r: int, with_real: bool):
-        """Round r's noise, generator inputs and (when asked) real batch, from the phase's global draws in
-        a fixed order (noise, labels, real rows), so both EL passes see the same inputs."""
+    def _round(self, prand: PhaseRandom, seed: int, r: int, with_real: bool, generate: bool, grad: bool) -> Round:
+        """Round r's inputs from the phase's global draws, in a fixed order (noise, labels, real rows), and
+        its generated images (dropout seeded by the round): called twice, it gives the same round."""
         start = self.info.rank * self.batch_local + r * self.batch_gpu
         noise = RoundNoise(prand, start, start + self.batch_gpu)
         z = noise.randn(*self.shape)
         labels = None
         if self.label_dim:
             labels = torch.nn.functional.one_hot(noise.randint(0, self.label_dim), self.label_dim).float()
-        real = real_labels = None
+        real = real_labels = x_gen = None
         if with_real:
             real, real_labels = real_batch(self.ds, noise, self.label_dim, self.device)
-        return noise, start, z, labels, real, real_labels
+        if generate:
+            with torch.set_grad_enabled(grad), self.autocast(), replayed_rng(round_seed(seed, start), self.device):
+                x_gen = one_step(self.generator, z, self.distiller.sigma_init, labels)
+        return Round(noise, labels, real, real_labels, x_gen)
 
-    def _generate(self, z: torch.Tensor, labels, seed: int) -> torch.Tensor:
-        with replayed_rng(seed, self.device):
-            return one_step(self.generator, z, self.distiller.sigma_init, labels)
-
-    def _global_el_pass(self, prand: PhaseRandom, seed: int):
-        """Pass 1 of the global-batch EL: every round's images without graph -> cached feature gradients."""
+    def _global_el_pass(self, prand: PhaseRandom, seed: int) -> tuple[CachedEL, Round]:
+        """Pass 1 of the global-batch EL: every round's images without graph -> cached feature gradients.
+        The last round is made with its graph and handed back, so pass 2 reuses it instead of generating and
+        embedding it again (with one round per process, the global EL costs no extra forward at all)."""
+        last: list[Round] = []
 
         def rounds():
             for r in range(self.rounds):
-                _, start, z, labels, real, _ = self._round_inputs(prand, r, with_real=True)
-                with torch.no_grad(), self.autocast():
-                    x_gen, real = self.el_inputs(self._generate(z, labels, round_seed(seed, start)), real)
-                yield x_gen, real
+                held = r == self.rounds - 1
+                b = self._round(prand, seed, r, with_real=True, generate=True, grad=held)
+                with torch.set_grad_enabled(held), self.autocast():
+                    x_el, real_el = self.el_inputs(b.x_gen, b.real)
+                if held:
+                    last.append(b)
+                yield x_el, real_el
 
-        return cache_gradients(self.el, rounds(), self.info.rank, self.world)
+        return cache_gradients(self.el, rounds(), self.info.rank, self.world), last[0]
 
     def run_phase(self, phase: Phase, index: int, logs: dict[str, float]) -> None:
         cell, gen_phase = self.cell, phase.name == "generator"
@@ -405,24 +421,33 @@ class Trainer:
         use_el = gen_phase and self.el is not None
         seed = phase_seed(cell.seed, self.iterations, index)
         prand = PhaseRandom(seed, cell.batch, self.device)
-        cached = self._global_el_pass(prand, seed) if use_el and cell.el.scope == "global" else None
+        cached = held = None
+        order = list(range(self.rounds))
+        if use_el and cell.el.scope == "global":
+            cached, held = self._global_el_pass(prand, seed)
+            order = order[-1:] + order[:-1]  # the held round first: its graph is freed before the next is built
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
-        for r in range(self.rounds):
-            noise, start, z, labels, real, real_labels = self._round_inputs(prand, r, phase.needs_real or use_el)
+        for r in order:
+            reuse = held is not None and r == self.rounds - 1
+            b = (
+                held
+                if reuse
+                else self._round(
+                    prand, seed, r, phase.needs_real or use_el, phase.needs_generated or use_el, grad=gen_phase
+                )
+            )
+            held = None if reuse else held
             n = self.batch_gpu
             with self.autocast():
-                x_gen = None
-                if phase.needs_generated or use_el:
-                    with torch.set_grad_enabled(gen_phase):
-                        x_gen = self._generate(z, labels, round_seed(seed, start))
                 per_sample, terms = self.distiller.loss(
-                    phase.name, x_gen, labels, real, real_labels, noise, self.images_seen
+                    phase.name, b.x_gen, b.labels, b.real, b.real_labels, b.noise, self.images_seen
                 )
                 loss = per_sample.sum() / self.batch_local
                 if cached is not None:
-                    loss = loss + cell.el.weight * cached.surrogate(r, self.el_inputs(x_gen, None)[0])
+                    x_el = None if reuse else self.el_inputs(b.x_gen, None)[0]  # None: pass 1 kept its features
+                    loss = loss + cell.el.weight * cached.surrogate(r, x_el)
                 elif use_el:
-                    el_value, per_embedder = self.el(*self.el_inputs(x_gen, real))
+                    el_value, per_embedder = self.el(*self.el_inputs(b.x_gen, b.real))
                     loss = loss + cell.el.weight * el_value * (n / self.batch_local)
                     sums["el"] += el_value.detach() * n
                     for name, v in zip(self.el_names, per_embedder.detach()):
