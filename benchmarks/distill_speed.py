@@ -1,7 +1,11 @@
-"""Seconds per training iteration of each distiller with and without the Embedding Loss, and the EL overhead
-ratio (with / without), at the miniature size and at CIFAR-10 shape (EDM's 56 M DDPM++ SongUNet).
+"""Seconds per training iteration of each distiller without and with the Embedding Loss, for each EL scope
+(`global`: the global-batch EL by gradient caching; `round`: the per-round estimate), and the overhead
+ratios (with / without), at the miniature size and at CIFAR-10 shape (EDM's 56 M DDPM++ SongUNet).
+With --batch-gpu below the batch the global scope pays a second generator forward and embedder forward for
+every round but the last (eldistill.global_el); `global / round` isolates that cost.
 
     OMP_NUM_THREADS=2 python benchmarks/distill_speed.py --sizes mini --batch 32
+    OMP_NUM_THREADS=1 python benchmarks/distill_speed.py --sizes mini --distillers sid --batch 32 --batch-gpu 8
     OMP_NUM_THREADS=2 python benchmarks/distill_speed.py --sizes cifar --distillers sid --batch 8 --iters 2
     python benchmarks/distill_speed.py --sizes cifar --batch 256 --device cuda --precision bf16
 
@@ -90,7 +94,10 @@ def main() -> None:
     p.add_argument("--working-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32")
+    p.add_argument("--scopes", default="global,round", help="EL scopes to time (eldistill.cell.ELConfig.scope)")
     args = p.parse_args()
+    scopes = args.scopes.split(",")
+    runs = [("noEL", 0.0, "global")] + [(f"EL {scope}", 1.0, scope) for scope in scopes]
     if args.device == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = []
@@ -100,7 +107,7 @@ def main() -> None:
             teacher, data = write_files(Path(tmp), size)
             for distiller in args.distillers.split(","):
                 seconds, peak = {}, {}
-                for weight in (0.0, 1.0):
+                for label, weight, scope in runs:
                     cell = Cell.from_dict(
                         dict(
                             distiller=distiller,
@@ -116,25 +123,34 @@ def main() -> None:
                                 archs=args.archs.split(","),
                                 inits_per_arch=args.inits_per_arch,
                                 working_size=args.working_size,
+                                scope=scope,
                             ),
                             run_dir=str(Path(tmp) / "run"),
                             state_dir=str(Path(tmp) / "state"),
                         )
                     )
-                    seconds[weight], peak[weight] = time_cell(cell, args.device, args.warmup, args.iters)
-                rows.append((size_name, distiller, seconds[0.0], seconds[1.0], peak[0.0], peak[1.0]))
-                print(
-                    f"{size_name:6s} {distiller:6s} {seconds[0.0]:8.3f} s/it  +EL {seconds[1.0]:8.3f} s/it", flush=True
-                )
+                    seconds[label], peak[label] = time_cell(cell, args.device, args.warmup, args.iters)
+                    print(f"{size_name:6s} {distiller:6s} {label:10s} {seconds[label]:8.3f} s/it", flush=True)
+                rows.append((size_name, distiller, seconds, peak))
     k = len(args.archs.split(",")) * args.inits_per_arch
-    print(f"\nbatch {args.batch}, {args.device}, {args.precision}, EL: K={k} embedders at {args.working_size}px")
-    head = ("size", "distiller", "s/it", "s/it +EL", "img/s", "img/s +EL", "EL overhead", "GiB", "GiB +EL")
+    split = f"batch_gpu {args.batch_gpu}" if args.batch_gpu else "one round"
+    print(
+        f"\nbatch {args.batch} ({split}), {args.device}, {args.precision}, EL: K={k} embedders at {args.working_size}px"
+    )
+    labels = [label for label, _, _ in runs]
+    head = ["size", "distiller"] + [f"s/it {x}" for x in labels] + [f"overhead {x}" for x in labels[1:]]
+    if len(scopes) == 2:
+        head.append(f"{scopes[0]} / {scopes[1]}")
+    head += [f"GiB {x}" for x in labels]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    for size_name, distiller, s0, s1, m0, m1 in rows:
-        b = args.batch
-        cells = (size_name, distiller, f"{s0:.3f}", f"{s1:.3f}", f"{b / s0:.1f}", f"{b / s1:.1f}", f"{s1 / s0:.3f}")
-        print("| " + " | ".join(cells + (f"{m0:.1f}", f"{m1:.1f}")) + " |")
+    for size_name, distiller, sec, mem in rows:
+        cells = [size_name, distiller] + [f"{sec[x]:.3f}" for x in labels]
+        cells += [f"{sec[x] / sec['noEL']:.3f}" for x in labels[1:]]
+        if len(scopes) == 2:
+            cells.append(f"{sec[labels[1]] / sec[labels[2]]:.3f}")
+        cells += [f"{mem[x]:.1f}" for x in labels]
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
