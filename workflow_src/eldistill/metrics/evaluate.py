@@ -5,6 +5,11 @@ the batch size or the device count): z ~ N(0, I) from torch.Generator().manual_s
 models get class-balanced labels (seed % label_dim); outputs are quantised with EDM's uint8 rule. Seed
 range k of a checkpoint is [k * N, (k + 1) * N), as EDM and the paper do for "minimum of 3 seeds".
 
+Latent generators (EDM2, ImageNet 512) are decoded to uint8 pixels with the Stable Diffusion VAE (`--vae`, a
+local diffusers folder) exactly as EDM2 does before its detectors (clamp(0, 1) * 255, truncated), in batches,
+so memory does not grow with the number of images. Under the paper protocol FD_DINOv2 (EDM2's second metric)
+is recorded too when its detector file is present and the reference has its statistics (EDM2's img512.pkl).
+
 RUN_DIR/fid.jsonl gets one record per evaluated checkpoint (kind "snapshot") and one record with the
 cell's reported number (kind "final"); an evaluation already recorded is reused, never recomputed.
 """
@@ -24,7 +29,15 @@ from tqdm import tqdm
 from eldistill.generator import one_step, to_uint8
 from eldistill.io import append_jsonl, atomic_write_bytes, read_jsonl
 from eldistill.metrics.fid import FeatureStats, frechet_distance, inception_score
-from eldistill.metrics.protocols import check_num_samples, file_digest, get_protocol, load_feature_net, load_reference
+from eldistill.metrics.protocols import (
+    FD_DINOV2,
+    check_num_samples,
+    file_digest,
+    get_protocol,
+    load_feature_net,
+    load_reference,
+    load_second_detector,
+)
 
 AGGREGATIONS = ("final", "min-of-3-seeds", "best-snapshot")
 GRID_SEEDS = range(64)  # samples.png: an 8x8 grid of the same seeds for every run
@@ -48,13 +61,36 @@ def seed_labels(net: torch.nn.Module, seeds: list[int]) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def generate_uint8(net: torch.nn.Module, sigma_init: float, seeds: list[int], device: str = "cpu") -> torch.Tensor:
-    """uint8 images (B, C, H, W) on `device`, one seeded noise draw per image."""
+def generate_uint8(
+    net: torch.nn.Module, sigma_init: float, seeds: list[int], device: str = "cpu", codec=None
+) -> torch.Tensor:
+    """uint8 images (B, C, H, W) on `device`, one seeded noise draw per image; a latent generator's output is
+    decoded to RGB pixels with `codec` (eldistill.nets.latent.LatentCodec), as EDM2's encoder.decode does."""
     shape = (net.img_channels, net.img_resolution, net.img_resolution)
     z = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
     labels = seed_labels(net, seeds)
     images = one_step(net, z.to(device), sigma_init, None if labels is None else labels.to(device))
+    if codec is not None:
+        return codec.decode_uint8(images)
     return to_uint8(images)
+
+
+def latent_codec(net: torch.nn.Module, meta: dict, vae: str | Path | None, device: str, batch_size: int = 4):
+    """The VAE decoder a latent generator needs (None for pixel generators), with the scale/bias recorded in
+    the generator's meta (from its EDM2 teacher). EDM2 decodes 4 images per VAE call when generating."""
+    if net.img_channels in (1, 3):
+        return None
+    if vae is None:
+        raise ValueError(
+            f"the generator makes {net.img_channels}-channel latents; pass --vae DIR (a local copy of "
+            "stabilityai/sd-vae-ft-mse) to decode them to pixels before the detector"
+        )
+    from eldistill.nets.latent import LatentCodec
+
+    codec = LatentCodec.from_pretrained(vae, encoder_info=meta.get("encoder"), batch_size=batch_size).to(device)
+    if codec.latent_channels != net.img_channels:
+        raise ValueError(f"VAE {vae}: decodes {codec.latent_channels} channels, the generator makes {net.img_channels}")
+    return codec
 
 
 def generated_stats(
@@ -66,21 +102,27 @@ def generated_stats(
     device: str,
     desc: str,
     probs: list | None = None,
+    codec=None,
+    second: tuple | None = None,
     generate=None,
 ) -> FeatureStats:
-    """Feature statistics of the generator's images for `seeds` (generation + features, one tqdm bar);
-    class probabilities are appended to `probs` when it is a list (for the Inception Score). `generate(seeds)`
-    -> uint8 images replaces the one-step generator (the teacher's own sampler, `evaluate-teacher`)."""
+    """Feature statistics of the generator's images for `seeds` (generation, decoding of latents with `codec`,
+    features; one tqdm bar); class probabilities are appended to `probs` when it is a list (for the Inception
+    Score); `second` = (detector, FeatureStats) accumulates a second metric's features of the same images.
+    `generate(seeds)` -> uint8 images replaces the one-step generator (the teacher's own sampler,
+    `evaluate-teacher`)."""
     from cleanfid.fid import get_batch_features
 
     stats = FeatureStats(fnet.dim)
     with tqdm(total=len(seeds), desc=desc, unit="img") as bar:
         for start in range(0, len(seeds), batch_size):
             batch = list(seeds[start : start + batch_size])
-            images = generate(batch) if generate else generate_uint8(net, sigma_init, batch, device)
+            images = generate(batch) if generate else generate_uint8(net, sigma_init, batch, device, codec)
             if images.shape[1] == 1:
                 images = images.repeat(1, 3, 1, 1)  # greyscale -> RGB, as clean-fid/EDM read the dataset
             stats.update(get_batch_features(images.to(torch.float32), fnet, torch.device(device)))
+            if second is not None:
+                second[1].update(second[0](images.to(torch.float32)).cpu().numpy())
             if probs is not None:
                 probs.append(fnet.probs(images.to(torch.float32)).cpu().numpy())
             bar.update(len(batch))
@@ -91,11 +133,11 @@ def seed_string(seeds: range) -> str:
     return f"{seeds.start}-{seeds.stop - 1}"
 
 
-def save_grid(net, sigma_init: float, path: Path, device: str = "cpu") -> Path:
-    """An 8x8 PNG grid of the fixed GRID_SEEDS."""
+def save_grid(net, sigma_init: float, path: Path, device: str = "cpu", codec=None) -> Path:
+    """An 8x8 PNG grid of the fixed GRID_SEEDS (latents decoded with `codec`)."""
     from PIL import Image
 
-    images = generate_uint8(net, sigma_init, list(GRID_SEEDS), device).cpu()
+    images = generate_uint8(net, sigma_init, list(GRID_SEEDS), device, codec).cpu()
     c, h, w = images.shape[1:]
     grid = images.reshape(8, 8, c, h, w).permute(0, 3, 1, 4, 2).reshape(8 * h, 8 * w, c).numpy()
     image = Image.fromarray(grid[:, :, 0] if c == 1 else grid, "L" if c == 1 else "RGB")
@@ -134,9 +176,12 @@ def evaluate_run(
     device: str = "cpu",
     batch_size: int = 256,
     with_inception_score: bool = False,
+    vae: str | Path | None = None,
+    fd_dinov2: str | Path | None = None,
 ) -> dict:
     """Evaluate RUN_DIR/generator.pt (and the snapshots), append to RUN_DIR/fid.jsonl, write samples.png.
-    Returns the "final" record (the cell's reported number)."""
+    `vae`: the VAE folder that decodes a latent generator; `fd_dinov2`: the DINOv2 detector file (default:
+    the cache, if present). Returns the "final" record (the cell's reported number)."""
     run_dir = Path(run_dir)
     proto = get_protocol(protocol)
     if aggregation not in AGGREGATIONS:
@@ -156,14 +201,34 @@ def evaluate_run(
     fnet = load_feature_net(proto, feature_net, device)
     ref = load_reference(reference)
     ref.check(proto, fnet.id, reference)
+    dnet, dref = load_second_detector(proto, fd_dinov2, device), None
+    if dnet is not None:
+        try:
+            dref = load_reference(reference, FD_DINOV2)
+        except ValueError as e:
+            if fd_dinov2 is not None:  # asked for explicitly: say why it cannot be computed
+                raise
+            print(f"note: no FD_DINOv2 ({e})", file=sys.stderr)
+            dnet = None
 
     log_path = run_dir / "fid.jsonl"
     base = {"protocol": proto.name, "feature_net": fnet.id, "num_samples": num_samples, "reference": ref.ref_id}
+    if dnet is not None:
+        base["fd_dinov2_net"] = dnet.id
+    if vae is not None:
+        base["latent_decoder"] = f"{Path(vae).name}:{file_digest(Path(vae) / 'config.json')}"
+    codecs: dict = {}  # one VAE per scale/bias
     done = {}  # (checkpoint, its digest, seeds) -> record, from earlier calls with the same protocol settings
     if log_path.is_file():
         for rec in read_jsonl(log_path):
             if rec.get("kind") == "snapshot" and all(rec.get(k) == v for k, v in base.items()):
                 done[(rec.get("checkpoint"), rec.get("checkpoint_digest"), rec.get("seeds"))] = rec
+
+    def codec_for(net, meta):
+        key = json.dumps(meta.get("encoder"), sort_keys=True)
+        if net.img_channels not in (1, 3) and key not in codecs:
+            codecs[key] = latent_codec(net, meta, vae, device)
+        return codecs.get(key) if net.img_channels not in (1, 3) else None
 
     def evaluate(path: Path, seeds: range) -> dict:
         digest = file_digest(path, 16)
@@ -171,12 +236,16 @@ def evaluate_run(
         if key in done and (not with_inception_score or "is_mean" in done[key]):
             return done[key]
         net, meta = load_generator(path, device)
-        fnet.check_images(net.img_channels, net.img_resolution)
+        codec = codec_for(net, meta)
+        fnet.check_images(3 if codec is not None else net.img_channels, net.img_resolution)
         probs = [] if with_inception_score else None
-        stats = generated_stats(net, meta["sigma_init"], seeds, fnet, batch_size, device, f"FID {path.name}", probs)
+        second = (dnet, FeatureStats(dnet.dim)) if dnet is not None else None
+        desc = f"FID {path.name}"
+        stats = generated_stats(net, meta["sigma_init"], seeds, fnet, batch_size, device, desc, probs, codec, second)
         mu, sigma = stats.mu_sigma()
         record = {
             "fid": frechet_distance(mu, sigma, ref.mu, ref.sigma),
+            **({FD_DINOV2: frechet_distance(*second[1].mu_sigma(), dref.mu, dref.sigma)} if second else {}),
             **base,
             "seeds": seed_string(seeds),
             "aggregation": "single",
@@ -218,7 +287,7 @@ def evaluate_run(
         append_jsonl(record, log_path)  # the last "final" record is the cell's number
 
     net, meta = load_generator(final_path, device)
-    save_grid(net, meta["sigma_init"], run_dir / "samples.png", device)
+    save_grid(net, meta["sigma_init"], run_dir / "samples.png", device, codec_for(net, meta))
     return record
 
 
@@ -238,6 +307,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aggregation", choices=AGGREGATIONS, default="final")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--batch", type=int, default=256, help="images per generation/feature batch")
+    parser.add_argument(
+        "--vae", default=None, help="latent generators (ImageNet 512): local VAE folder (sd-vae-ft-mse) to decode"
+    )
+    parser.add_argument(
+        "--fd-dinov2",
+        default=None,
+        help="paper protocol: DINOv2 detector dinov2-vitl14.pt for FD_DINOv2 (default: $ELDISTILL_DINOV2 or the "
+        "cache, when present)",
+    )
     parser.add_argument(
         "--inception-score",
         action="store_true",
@@ -259,10 +337,15 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             batch_size=args.batch,
             with_inception_score=args.inception_score,
+            vae=args.vae,
+            fd_dinov2=args.fd_dinov2,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     label = "" if record["paper_comparable"] else " (miniature protocol: not comparable with paper FIDs)"
-    print(f"FID {record['fid']:.4f} [{record['protocol']}, {record['aggregation']}, n={record['num_samples']}]{label}")
+    fd = f", FD_DINOv2 {record[FD_DINOV2]:.4f}" if FD_DINOV2 in record else ""
+    print(
+        f"FID {record['fid']:.4f}{fd} [{record['protocol']}, {record['aggregation']}, n={record['num_samples']}]{label}"
+    )
     return 0

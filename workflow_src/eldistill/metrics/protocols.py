@@ -20,6 +20,10 @@ from eldistill.io import atomic_write_bytes
 PAPER = "fid50k-tf-inception"
 MINI = "mini-classifier"
 INCEPTION_DIM = 2048
+# The metrics of an EDM2 reference .pkl: FID, and FD_DINOv2 which EDM2 and SiDA also report (ImageNet 512).
+FID = "fid"
+FD_DINOV2 = "fd_dinov2"
+DINOV2_DIM = 1024
 
 
 @dataclass(frozen=True)
@@ -124,14 +128,17 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _read_pkl(path: Path) -> dict:
+def _read_pkl(path: Path, metric: str = "fid") -> dict:
     try:
         data = _ArraysOnlyUnpickler(io.BytesIO(path.read_bytes())).load()
     except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as e:
         raise ValueError(f"reference {path}: not a readable statistics pickle ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("fid"), dict):
-        raise ValueError(f"reference {path}: expected EDM2's {{'fid': {{'mu', 'sigma'}}, ...}} layout")
-    stats = data["fid"]
+    if not isinstance(data, dict) or not isinstance(data.get(metric), dict):
+        found = sorted(k for k in data if isinstance(data[k], dict)) if isinstance(data, dict) else []
+        raise ValueError(
+            f"reference {path}: expected EDM2's {{'{metric}': {{'mu', 'sigma'}}, ...}} layout (metrics found: {found})"
+        )
+    stats = data[metric]
     return {"mu": stats.get("mu"), "sigma": stats.get("sigma"), "num_images": data.get("num_images")}
 
 
@@ -143,12 +150,17 @@ def _read_npz(path: Path) -> dict:
         raise ValueError(f"reference {path}: not a readable .npz ({e})") from None
 
 
-def load_reference(path: str | Path) -> Reference:
-    """Read our `.npz`, EDM's `.npz` or EDM2's `.pkl` reference statistics, without executing code."""
+def load_reference(path: str | Path, metric: str = "fid") -> Reference:
+    """Read our `.npz`, EDM's `.npz` or EDM2's `.pkl` reference statistics, without executing code. `metric`
+    picks the section of an EDM2 `.pkl`: "fid" (Inception) or "fd_dinov2" (DINOv2 ViT-L/14, 1024-d)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"reference statistics file not found: {path}")
-    data = _read_pkl(path) if path.suffix == ".pkl" else _read_npz(path)
+    if metric not in (FID, FD_DINOV2):
+        raise ValueError(f"reference metric {metric!r} is unknown; choose {FID} or {FD_DINOV2}")
+    if metric == FD_DINOV2 and path.suffix != ".pkl":
+        raise ValueError(f"reference {path}: FD_DINOv2 statistics come from EDM2's .pkl files (e.g. img512.pkl)")
+    data = _read_pkl(path, metric) if path.suffix == ".pkl" else _read_npz(path)
     mu, sigma = data.get("mu"), data.get("sigma")
     if mu is None or sigma is None:
         raise ValueError(f"reference {path}: needs 'mu' and 'sigma'")
@@ -158,7 +170,7 @@ def load_reference(path: str | Path) -> Reference:
     if "protocol" in data:
         protocol = str(data["protocol"])
         feature_net = str(data["feature_net"]) if "feature_net" in data else None
-    elif mu.shape[0] == INCEPTION_DIM:
+    elif mu.shape[0] == {FID: INCEPTION_DIM, FD_DINOV2: DINOV2_DIM}[metric]:
         protocol, feature_net = PAPER, None  # a published EDM/EDM2 file
     else:
         raise ValueError(
@@ -209,3 +221,17 @@ def load_feature_net(protocol: Protocol, path: str | Path | None = None, device:
     from eldistill.metrics.classifier import ClassifierFeatures
 
     return ClassifierFeatures(path, device)
+
+
+def load_second_detector(protocol: Protocol, path: str | Path | None = None, device: str = "cpu"):
+    """The paper protocol's second metric, FD_DINOv2 (edm2 calculate_metrics.py): its detector when the file
+    is given or present in the cache (eldistill.metrics.dinov2.find_detector), else None. The miniature
+    protocol has none."""
+    if protocol.name != PAPER:
+        if path is not None:
+            raise ProtocolError(f"protocol {protocol.name} has no FD_DINOv2; drop --fd-dinov2")
+        return None
+    from eldistill.metrics.dinov2 import DinoV2Features, find_detector
+
+    found = find_detector(path)
+    return None if found is None else DinoV2Features(found, device)
