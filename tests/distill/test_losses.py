@@ -1,4 +1,6 @@
-"""SiD's, DMD's and DI's generator losses against hand computations in float64 on a fixed small input."""
+"""The distillers' losses against hand computations in float64 on a fixed small input, including where they
+follow their reference code to the letter: SiDA's batch-mean BCE weighting and the labels of its real images,
+DI's shared dropout mask, CM's online target and x-flip, DMD2's index range and independent GAN noise levels."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from eldistill.distillers import build_distiller
@@ -170,3 +173,175 @@ def test_unknown_distiller_arg_is_named():
         build_distiller("sid", Denoiser(1.0, 0.0), {"alphaa": 1.0})
     with pytest.raises(ValueError, match="distance"):
         build_distiller("cm", Denoiser(1.0, 0.0), {"distance": "lpips"})
+
+
+# --- reference details ----------------------------------------------------------------------------------------
+class FeatureDenoiser(Denoiser):
+    """The stand-in denoiser plus a 'bottleneck' tanh(w c_in x + b) of shape (n, 1, 2, 2), recording the labels
+    of every call."""
+
+    def __init__(self, w, b):
+        super().__init__(w, b)
+        self.seen_labels = []
+
+    def forward(self, x, sigma, class_labels=None, return_features=False):
+        self.seen_labels.append(class_labels)
+        d = super().forward(x, sigma, class_labels)
+        if not return_features:
+            return d
+        s = sigma.reshape(-1, 1, 1, 1).to(torch.float64)
+        return d, torch.tanh(self.w * x / (s**2 + 0.25).sqrt() + self.b)
+
+    def feats(self, x, s):
+        return np.tanh(self.w.item() * x / np.sqrt(s**2 + 0.25) + self.b.item())
+
+
+def bce(logits, target):
+    return np.mean(np.logaddexp(0, logits) - target * logits)  # BCEWithLogits, mean over all logits
+
+
+def sida(fake_w=0.7):
+    teacher = FeatureDenoiser(1.3, 0.1)
+    d = build_distiller("sida", teacher, {"gan_start_images": 0, "generator_freeze_images": 0})
+    with torch.no_grad():
+        d.nets["fake_score"].w.fill_(fake_w)
+    return d, teacher
+
+
+def test_sida_discriminator_weights_the_batch_mean_bce_per_sample():
+    d, _ = sida()
+    fake = d.nets["fake_score"]
+    real = X.flip(3) * 0.5
+    ln_sigma = torch.tensor([0.3, -0.8], dtype=torch.float64)
+    labels, real_labels = torch.eye(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64).flip(0)
+    loss, terms = d.loss("fake", X, labels, real, real_labels, FixedNoise(ln_sigma, EPS), 0)
+    sigma = np.exp(1.2 * ln_sigma.numpy() - 1.2)
+    lam = (sigma**2 + 0.25) / (sigma * 0.5) ** 2
+    xs, rs, eps = X.numpy(), real.numpy(), EPS.numpy()
+    logit_fake = np.stack([fake.feats(xs[i] + sigma[i] * eps[i], sigma[i]) for i in range(2)])
+    logit_real = np.stack([fake.feats(rs[i] + sigma[i] * eps[i], sigma[i]) for i in range(2)])
+    batch_bce = bce(logit_real, 1.0) + bce(logit_fake, 0.0)  # one number for the whole batch
+    # the logits are taken in float32 (encoder_logits), hence the tolerance
+    np.testing.assert_allclose(terms["disc"].numpy(), lam * 0.5 * batch_bce, rtol=1e-6)
+    score = [lam[i] * np.sum((fake.numpy(xs[i] + sigma[i] * eps[i], sigma[i]) - xs[i]) ** 2) for i in range(2)]
+    np.testing.assert_allclose(loss.detach().numpy(), np.array(score) + lam * 0.5 * batch_bce, rtol=1e-6)
+    # the real images go through the discriminator with the generated batch's labels, as the reference passes them
+    assert all(torch.equal(seen, labels) for seen in fake.seen_labels)
+
+
+def test_sida_generator_adversarial_term_is_the_batch_mean_bce_over_each_samples_normaliser():
+    d, teacher = sida()
+    fake = d.nets["fake_score"]
+    u = torch.tensor([0.25, 0.5], dtype=torch.float64)
+    loss, terms = d.loss("generator", X, None, None, None, FixedNoise(u, EPS), 10**6)
+    xs, eps = X.numpy(), EPS.numpy()
+    logits, norms = [], []
+    for i in range(2):
+        t = 1 - u[i].item() * 0.8
+        sigma = (80 ** (1 / 7) + t * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+        xt = xs[i] + sigma * eps[i]
+        logits.append(np.clip(fake.feats(xt, sigma), -10, 10))
+        norms.append(np.abs(xs[i] - teacher.numpy(xt, sigma)).mean())
+    adv = bce(np.stack(logits), 1.0) / np.array(norms) * X[0].numel()
+    np.testing.assert_allclose(terms["adv"].numpy(), adv, rtol=1e-6)  # float32 logits
+    np.testing.assert_allclose(loss.detach().numpy(), 0.5 * (100 * terms["sid"].numpy() + 0.01 * adv), rtol=1e-6)
+
+
+def tiny_dropout_net(tiny_net, p=0.5):
+    net = tiny_net()
+    for m in net.modules():
+        if m is not net and isinstance(getattr(m, "dropout", None), float):
+            m.dropout = p
+    return net
+
+
+class TorchNoise(FixedNoise):
+    """randn() -> a fixed normal draw of the given shape."""
+
+    def randn(self, *shape):
+        return torch.randn(2, *shape, generator=torch.Generator().manual_seed(len(shape)))
+
+
+def test_di_teacher_and_fake_score_share_one_dropout_mask_in_train_mode(net_factory):
+    teacher = tiny_dropout_net(net_factory)
+    d = build_distiller("di", teacher)  # the fake score starts as an exact copy of the teacher
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    modes = teacher.training, d.nets["fake_score"].training
+    loss, _ = d.loss("generator", x, None, None, None, TorchNoise(), 0)
+    loss.sum().backward()
+    # equal networks under equal masks: D_fake - D_teacher = 0 exactly, so the generator gets no gradient
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    assert (teacher.training, d.nets["fake_score"].training) == modes  # the modes are restored
+    # while two train-mode calls with their own masks differ (dropout is really on)
+    teacher.train()
+    s = torch.full((2,), 1.0)
+    assert not torch.equal(teacher(x.detach(), s), teacher(x.detach(), s))
+
+
+def test_cm_target_is_the_online_network_under_stop_gradient():
+    teacher = Denoiser(1.3, 0.1)
+    d = build_distiller("cm", teacher, {"target_ema": 0.0, "distance": "l2"})
+    assert d.extra_modules == {}  # no separate target copy
+    g = d.nets["generator"]
+    with torch.no_grad():
+        g.w.fill_(0.4)
+    g.requires_grad_(True)
+    real = X.clone()
+    flip = torch.tensor([0.2, 0.9], dtype=torch.float64)  # rand() < 0.5 flips sample 0 only
+    index = torch.tensor([3, 10])
+    loss, _ = d.loss("generator", None, None, real, None, FixedNoise(flip, index, EPS), 0)
+    sig = karras_grid(18).float().double().numpy()  # the distiller keeps its grid in float32
+    xs = X.numpy().copy()
+    xs[0] = xs[0][:, :, ::-1]
+    students, targets = [], []
+    for i in range(2):
+        t, t2 = sig[index[i]], sig[index[i] + 1]
+        xt = xs[i] + t * EPS[i].numpy()
+        dd = (xt - teacher.numpy(xt, t)) / t
+        xe = xt + (t2 - t) * dd
+        x2 = xt + (t2 - t) * 0.5 * (dd + (xe - teacher.numpy(xe, t2)) / t2)
+        students.append((xt, t))
+        targets.append(g.numpy(x2, t2))  # the online weights, evaluated at the teacher's Heun step
+    expected = [np.mean((g.numpy(xt, t) - y) ** 2) for (xt, t), y in zip(students, targets)]
+    np.testing.assert_allclose(loss.detach().numpy(), expected, rtol=1e-10)
+    # the gradient flows through the student call only: that of the student against a constant target
+    loss.sum().backward()
+    w = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    total = 0
+    for (xt, t), y in zip(students, targets):
+        xt = torch.from_numpy(np.ascontiguousarray(xt))
+        c_skip, c_out, c_in = 0.25 / (t**2 + 0.25), t * 0.5 / np.sqrt(t**2 + 0.25), 1 / np.sqrt(t**2 + 0.25)
+        student = c_skip * xt + c_out * torch.tanh(w * c_in * xt + 0.1)
+        total = total + ((student - torch.from_numpy(y)) ** 2).mean()
+    total.backward()
+    assert g.w.grad.item() == pytest.approx(w.grad.item(), rel=1e-10)
+
+
+class RecordingNoise(FixedNoise):
+    """FixedNoise that also records the (low, high) of every randint call."""
+
+    def __init__(self, *draws):
+        super().__init__(*draws)
+        self.ranges = []
+
+    def randint(self, low, high, *shape):
+        self.ranges.append((low, high))
+        return super().randint(low, high, *shape)
+
+
+def test_dmd_generator_indices_run_from_20_to_980_inclusive():
+    d = build_distiller("dmd", FeatureDenoiser(1.3, 0.1))
+    noise = RecordingNoise(torch.tensor([980, 20]), EPS)
+    d.loss("generator", X, None, None, None, noise, 0)
+    assert noise.ranges == [(20, 981)]  # torch.randint's high is exclusive: sigma index 980 (72.05...) is drawn
+
+
+def test_dmd_gan_draws_independent_noise_levels_for_real_and_fake(monkeypatch):
+    d = build_distiller("dmd", FeatureDenoiser(1.3, 0.1), {"gan": True})
+    monkeypatch.setattr(d, "_gan_logits", lambda x, sigma, labels, noise: sigma.float())
+    noise = RecordingNoise(torch.tensor([5, 6]), EPS, torch.tensor([100, 200]), torch.tensor([700, 900]))
+    _, terms = d.loss("fake", X, None, X, None, noise, 0)
+    assert noise.ranges == [(0, 1000)] * 3  # the score's sigma, then one each for fake and real
+    s = d.sigmas.double()
+    expected = F.softplus(s[[100, 200]]) + F.softplus(-s[[700, 900]])
+    np.testing.assert_allclose(terms["disc"].numpy(), expected.numpy(), rtol=1e-6)

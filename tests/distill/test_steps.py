@@ -159,3 +159,25 @@ def test_each_distiller_gets_its_references_optimizer(make_cell, distiller, kind
         assert {id(p) for p in group["params"]} == {id(p) for p in trainer.nets[name].parameters()}
     with pytest.raises(ValueError, match="optimizer"):
         Trainer(make_cell(distiller="dmd", distiller_args={"optimizer": "sgd"}), dist.setup(device="cpu"))
+
+
+@pytest.mark.parametrize("distiller, from_data", [("sida", True), ("di", True), ("dmd", False)])
+def test_the_sid_family_is_conditioned_on_the_real_batchs_labels(make_cell, monkeypatch, tiny_el, distiller, from_data):
+    """SiD, SiDA and DI condition the generator on the labels of the real batch they read (EL on, so that every
+    distiller reads one); DMD2 draws its labels uniformly."""
+    args = {"gan": True} if distiller == "dmd" else {}
+    cell = make_cell(distiller=distiller, label_dim=3, batch=8, distiller_args=args, el=tiny_el)
+    trainer = Trainer(cell, dist.setup(device="cpu"))
+    seen = []
+
+    def record(phase, x_gen, labels, real, real_labels, noise, images_seen):
+        seen.append((labels, real_labels))
+        return torch.zeros(labels.shape[0], requires_grad=True), {}
+
+    monkeypatch.setattr(trainer.distiller, "loss", record)
+    for index, phase in enumerate(trainer.distiller.phases(0, 0)):
+        trainer.run_phase(phase, index, {})
+    with_real = [(labels, real_labels) for labels, real_labels in seen if real_labels is not None]
+    assert with_real
+    for labels, real_labels in with_real:
+        assert torch.equal(labels, real_labels) == from_data

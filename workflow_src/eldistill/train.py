@@ -123,11 +123,11 @@ def round_seed(phase_seed_value: int, start: int) -> int:
 
 
 # --- small helpers -----------------------------------------------------------------------------------------
-def real_batch(ds, noise: SampleNoise, label_dim: int, device: torch.device):
+def real_batch(ds, noise: SampleNoise, label_dim: int, device: torch.device, index: torch.Tensor | None = None):
     """A real batch in the teacher's space (pixels in [-1, 1], or EDM2 latents sampled from their stored mean
-    and std) and its one-hot labels (None for an unconditional teacher). Which rows, and the latent posterior
-    noise, are this round's rows of the phase's global draws."""
-    index = noise.randint(0, len(ds)).cpu()
+    and std) and its one-hot labels (None for an unconditional teacher). Which rows (unless `index` gives them),
+    and the latent posterior noise, are this round's rows of the phase's global draws."""
+    index = (noise.randint(0, len(ds)) if index is None else index).cpu()
     posterior = noise.randn(*ds.noise_shape) if ds.noise_shape is not None else None
     images = ds.images(index, posterior).to(device=device, dtype=torch.float32)
     if not label_dim:
@@ -214,7 +214,11 @@ class Trainer:
             for net in (teacher, init):
                 if net is not None:
                     set_dropout(net, cell.dropout)
+        # New networks (DMD2's GAN head) start from the cell's seed, the same on every process (DDP averages
+        # gradients of identical copies); dropout masks then draw from a per-process stream.
+        torch.manual_seed(cell.seed)
         self.distiller = build_distiller(cell.distiller, teacher, cell.distiller_args, init)
+        torch.manual_seed(cell.seed * 1_000_003 + 1 + info.rank)
         if init is not None and init_meta.get("sigma_init", self.distiller.sigma_init) != self.distiller.sigma_init:
             raise ValueError(
                 f"init_generator: {cell.init_generator} was trained at sigma_init {init_meta['sigma_init']}, "
@@ -250,6 +254,7 @@ class Trainer:
         )
         if needs_real and len(self.ds) * self.ds.item_bytes < PRELOAD_BYTES:
             self.ds = open_dataset(cell.dataset, preload=True, encoder=self.encoder)
+        self.ds_labels = self.ds.labels  # (N,) class indices or None; read once (the property copies)
 
         self.el = self.el_codec = None
         if cell.el.enabled:
@@ -368,6 +373,9 @@ class Trainer:
             save_network(path, self.ema, meta=self.generator_meta())
 
     # --- one iteration -----------------------------------------------------------------------------------
+    def one_hot(self, labels: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(labels, self.label_dim).float()
+
     def autocast(self):
         if self.amp_dtype is None:
             return nullcontext()
@@ -379,12 +387,16 @@ class Trainer:
         start = self.info.rank * self.batch_local + r * self.batch_gpu
         noise = RoundNoise(prand, start, start + self.batch_gpu)
         z = noise.randn(*self.shape)
-        labels = None
-        if self.label_dim:
-            labels = torch.nn.functional.one_hot(noise.randint(0, self.label_dim), self.label_dim).float()
+        labels = data_index = None
+        if self.label_dim and self.distiller.labels_from_data and self.ds_labels is not None:
+            # the reference loops condition the generator on the labels of the real batch they read
+            data_index = noise.randint(0, len(self.ds))
+            labels = self.one_hot(self.ds_labels[data_index.cpu()].to(self.device))
+        elif self.label_dim:
+            labels = self.one_hot(noise.randint(0, self.label_dim))
         real = real_labels = x_gen = None
         if with_real:
-            real, real_labels = real_batch(self.ds, noise, self.label_dim, self.device)
+            real, real_labels = real_batch(self.ds, noise, self.label_dim, self.device, data_index)
         if generate:
             with torch.set_grad_enabled(grad), self.autocast(), replayed_rng(round_seed(seed, start), self.device):
                 x_gen = one_step(self.generator, z, self.distiller.sigma_init, labels)

@@ -51,6 +51,9 @@ class Distiller:
 
     name: ClassVar[str] = ""
     DEFAULTS: ClassVar[dict[str, Any]] = {}
+    # Conditional teachers: True draws the generator's labels from the dataset (the reference loops condition
+    # the generator on the labels of the real batch they read), False uniformly over the classes (DMD2).
+    labels_from_data: ClassVar[bool] = False
 
     def __init__(self, teacher: nn.Module, args: dict[str, Any] | None = None, init_generator: nn.Module | None = None):
         self.args = resolve_args(self.name, self.DEFAULTS, args or {})
@@ -109,6 +112,20 @@ def set_dropout(net: nn.Module, p: float) -> nn.Module:
     if isinstance(getattr(net, "config", None), dict) and "dropout" in net.config:
         net.config["dropout"] = float(p)  # saved generators record the dropout they trained with
     return net
+
+
+def same_dropout(device: torch.device, *calls):
+    """Evaluate each call from the same random-number state, so that networks of one architecture in train mode
+    draw the same dropout masks (Diff-Instruct restores the CUDA RNG state between its two denoisers; the
+    consistency models share one dropout key between the online and the target call)."""
+    cuda = device.type == "cuda"
+    state = torch.cuda.get_rng_state(device) if cuda else torch.get_rng_state()
+    outputs = []
+    for i, call in enumerate(calls):
+        if i:
+            torch.cuda.set_rng_state(state, device) if cuda else torch.set_rng_state(state)
+        outputs.append(call())
+    return outputs
 
 
 def fresh_copy(net: nn.Module) -> nn.Module:

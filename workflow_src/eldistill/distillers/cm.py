@@ -1,7 +1,11 @@
 """Consistency distillation (CD; anchors A.6): the student f_theta (the generator, EDM-preconditioned, started
 from the teacher) maps x_t = x + t*eps to the same point as its target EMA f_theta- maps x_t2, where x_t2 is
-one Heun step of the teacher from t down to the next sigma t2 of an N-point Karras grid. x is real data. The
-one-step generator is f_theta(80 z; 80).
+one Heun step of the teacher from t down to the next sigma t2 of an N-point Karras grid. x is real data, flipped
+left-right with probability 1/2 (`jcm/datasets.py` L75-77). The one-step generator is f_theta(80 z; 80).
+
+Target: with target_ema = 0 (the CIFAR-10 CD recipe) the target is the online network itself under stop-gradient
+(`jcm/losses.py` L305-306, L334), evaluated with the same dropout mask as the student call (L323-332); a
+target_ema > 0 keeps a separate EMA copy theta- (openai/consistency_models' ImageNet 64 runs).
 
 Distances: "l2" (mean squared error per sample) or "pseudo_huber" (sqrt(||d||^2 + c^2) - c, c = 0.00054 *
 sqrt(C*H*W), the LPIPS-free choice of improved consistency training); LPIPS needs downloaded weights, so it
@@ -13,7 +17,7 @@ import copy
 
 import torch
 
-from eldistill.distillers.base import Distiller, Phase, as_images, denoise, karras_grid
+from eldistill.distillers.base import Distiller, Phase, as_images, denoise, karras_grid, same_dropout
 
 DISTANCES = ("l2", "pseudo_huber")
 
@@ -23,7 +27,8 @@ class CM(Distiller):
     DEFAULTS = {
         "sigma_init": 80.0,
         "num_scales": 18,  # N: points of the Karras grid (CIFAR-10 CD: 18)
-        "target_ema": 0.95,  # mu of the target network theta- (fixed)
+        "target_ema": 0.95,  # mu of the target network theta- (fixed); 0 = the online network, stop-gradient
+        "xflip": True,  # random left-right flip of the real images (`config.data.random_flip`)
         "distance": "pseudo_huber",
         "huber_c": None,  # None = 0.00054 * sqrt(C*H*W)
         "optimizer": "radam",  # openai/consistency_models and ECT use RAdam
@@ -39,11 +44,13 @@ class CM(Distiller):
         if not 0 <= a["target_ema"] < 1:
             raise ValueError(f"distiller_args: 'target_ema' must be in [0, 1), got {a['target_ema']}")
         self.sigmas = karras_grid(a["num_scales"]).float()  # descending: sigma_max ... sigma_min
-        self.target = copy.deepcopy(self.nets["generator"]).eval().requires_grad_(False)
+        self.target = None
+        if a["target_ema"] > 0:
+            self.target = copy.deepcopy(self.nets["generator"]).eval().requires_grad_(False)
 
     @property
     def extra_modules(self):
-        return {"target": self.target}
+        return {"target": self.target} if self.target is not None else {}
 
     def phases(self, images_seen: int, iteration: int) -> list[Phase]:
         return [Phase("generator", ("generator",), needs_real=True, needs_generated=False)]
@@ -63,18 +70,29 @@ class CM(Distiller):
         return (sq.sum(1) + c**2).sqrt() - c
 
     def loss(self, phase, x_gen, labels, real, real_labels, noise, images_seen):
+        if self.args["xflip"]:
+            flip = as_images(noise.rand() < 0.5)
+            real = torch.where(flip, real.flip(3), real)
         n_idx = noise.randint(0, self.args["num_scales"] - 1)
         sigmas = self.sigmas.to(real.device)
         t, t2 = sigmas[n_idx], sigmas[n_idx + 1]
         x_t = real + as_images(t) * noise.randn(*real.shape[1:])
         with torch.no_grad():
             x_t2 = self.teacher_heun_step(x_t, t, t2, real_labels)
-            target = denoise(self.target, x_t2, t2, real_labels)
-        student = denoise(self.nets["generator"], x_t, t, real_labels)
+        student_net = self.nets["generator"]
+        target_net = student_net if self.target is None else self.target.train(student_net.training)
+
+        def target_call():
+            with torch.no_grad():
+                return denoise(target_net, x_t2, t2, real_labels)
+
+        student, target = same_dropout(x_t.device, lambda: denoise(student_net, x_t, t, real_labels), target_call)
         return self.distance(student, target), {}
 
     @torch.no_grad()
     def after_step(self, phase: str) -> None:
+        if self.target is None:
+            return
         mu = self.args["target_ema"]
         for p_t, p in zip(self.target.parameters(), self.nets["generator"].parameters()):
             p_t.lerp_(p.detach(), 1 - mu)

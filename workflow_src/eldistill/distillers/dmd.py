@@ -121,9 +121,9 @@ class DMD(Distiller):
             score = score.flatten(1).mean(1)
             if not a["gan"]:
                 return score, {}
-            sigma_gan = self._sigma(noise, 0, n_sig)
-            disc = F.softplus(self._gan_logits(x, sigma_gan, labels, noise))
-            disc = disc + F.softplus(-self._gan_logits(real, sigma_gan, real_labels, noise))
+            # real and fake each get their own noise level, as `compute_cls_logits` draws one per call
+            disc = F.softplus(self._gan_logits(x, self._sigma(noise, 0, n_sig), labels, noise))
+            disc = disc + F.softplus(-self._gan_logits(real, self._sigma(noise, 0, n_sig), real_labels, noise))
             return score + a["gan_weight_d"] * disc, {"score": score, "disc": disc}
         dm = self.distribution_matching_loss(x_gen, labels, noise)
         total, logs = dm, {"dm": dm}
@@ -141,7 +141,9 @@ class DMD(Distiller):
         d loss / d x_g = g / (C*H*W) per sample, detached from both denoisers."""
         a = self.args
         n_sig = a["num_sigmas"]
-        sigma = self._sigma(noise, int(a["min_step_percent"] * n_sig), int(a["max_step_percent"] * n_sig))
+        # indices min_step..max_step inclusive, as DMD2 draws them (`edm_guidance.py` L82-86): 20..980 of 1000
+        high = min(int(a["max_step_percent"] * n_sig) + 1, n_sig)
+        sigma = self._sigma(noise, int(a["min_step_percent"] * n_sig), high)
         x = x_gen.detach()
         with torch.no_grad():
             x_t = x + as_images(sigma) * noise.randn(*x.shape[1:])

@@ -21,6 +21,7 @@ from eldistill.distillers.base import (
 
 class SiD(Distiller):
     name = "sid"
+    labels_from_data = True  # `training/sid_training_loop.py` L298-303, L324-329
     DEFAULTS = {
         "alpha": 1.2,  # the "L2 - alpha * L1" weight; 1.0 for AFHQ and inside SiDA
         "t_max": 800,  # generator sigmas: Karras time u ~ U(0, t_max/1000)

@@ -1,9 +1,12 @@
 """SiDA (anchors A.3): SiD with an adversarial term whose discriminator is the fake-score network's encoder
 (logits = channel mean of its bottleneck). SiD2A is SiDA started from a SiD generator (cell.init_generator).
 
-Per-sample BCE: the reference averages BCE over the whole per-GPU batch before weighting it per sample by
-lambda(sigma); we weight each sample's own BCE, which keeps the loss a per-sample sum so that gradient
-accumulation and DDP equal the full-batch update."""
+Batch-mean BCE, as the reference (`sida_training/sida_loss.py` L70-72, L118-123): the BCE is averaged over the
+batch one process computes at a time and then weighted per sample, by lambda(sigma_i) for the discriminator and
+by 1 / mean|x_g,i - D_teacher| for the generator. Here that batch is the accumulation round (the reference's
+per-GPU batch), so these two terms, like EL, depend on batch_gpu and are not split-invariant. The real images go
+through the discriminator with the labels of the generated batch, which the loop draws from the real batch
+itself (labels_from_data), as the reference does (`sida_training/sida_training_loop.py` L348-363)."""
 
 from __future__ import annotations
 
@@ -19,9 +22,9 @@ def encoder_logits(features: torch.Tensor) -> torch.Tensor:
     return features.float().mean(dim=1, keepdim=True)
 
 
-def bce_per_sample(logits: torch.Tensor, target: float) -> torch.Tensor:
-    loss = F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target), reduction="none")
-    return loss.flatten(1).mean(1)
+def batch_bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """nn.BCEWithLogitsLoss(): the mean over every logit of the batch (a scalar)."""
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
 class SiDA(SiD):
@@ -48,11 +51,13 @@ class SiDA(SiD):
         if phase == "fake":
             return self.fake_and_discriminator_loss(x_gen, labels, real, real_labels, noise)
         sid, (feats, norm, ok) = self.sid_generator_loss(x_gen, labels, noise, features=True)
+        # The reference tests `cur_nimg > 200*1000` (and `> 100*1000` above): the same iterations as `>=` for any
+        # batch that does not divide the threshold, i.e. every paper batch; `>=` lets 0 mean "from the start".
         if images_seen < a["gan_start_images"]:
             return a["loss_scale_g"] * sid, {"sid": sid}
         chw = x_gen[0].numel()
-        adv = bce_per_sample(encoder_logits(feats).clamp(-10, 10), 1.0) / norm * chw
-        adv = torch.where(ok, adv, torch.zeros_like(adv))
+        bce = batch_bce(encoder_logits(feats[ok]).clamp(-10, 10), 1.0)  # over the finite samples
+        adv = torch.where(ok, bce / norm * chw, torch.zeros_like(norm))
         total = 0.5 * (a["loss_scale_g"] * sid + a["loss_scale_g_gan"] * adv)
         return total, {"sid": sid, "adv": adv}
 
@@ -66,9 +71,9 @@ class SiDA(SiD):
         n = as_images(sigma) * noise.randn(*x.shape[1:])
         weight = edm_weight(sigma, float(self.teacher.sigma_data))
         d_fake, feats_fake = denoise(fake, x + n, sigma, labels, features=True)
-        _, feats_real = denoise(fake, real + n, sigma, real_labels, features=True)
+        _, feats_real = denoise(fake, real + n, sigma, labels, features=True)  # the generated batch's labels
         score = weight * ((d_fake - x) ** 2).flatten(1).sum(1)
-        bce = bce_per_sample(encoder_logits(feats_real), 1.0) + bce_per_sample(encoder_logits(feats_fake), 0.0)
+        bce = batch_bce(encoder_logits(feats_real), 1.0) + batch_bce(encoder_logits(feats_fake), 0.0)
         disc = weight * 0.5 * bce
         return a["loss_scale"] * score + a["loss_scale_d"] * disc, {"score": score, "disc": disc}
 
