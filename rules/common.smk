@@ -6,6 +6,7 @@ from pathlib import Path
 import yaml
 
 from eldistill.grid import ConfigError, budget_text, build_grid, merge
+from eldistill.report.common import CONVERGENCE_PAIRS
 from eldistill.resources import retry_runtime, segment_images
 
 DEFAULT_CONFIG = Path(workflow.basedir) / "config" / "config.yaml"
@@ -62,6 +63,20 @@ FIGURES = [
     )
     if (f == "gradvar" and CFG["gradvar"]) or f == "samples" or f in CFG["experiments"]
 ]
+FIGURES.append("samples_by_dataset")
+
+
+def has_cells(distiller, dataset, batch):
+    return any(
+        r["distiller"] == distiller
+        and r["dataset"] == dataset
+        and (batch is None or r["batch"] == batch)
+        for r in GRID.rows
+    )
+
+
+# the paper's convergence figures (DI on CIFAR-10, SiD2A on ImageNet 512 at 2048) where the grid has the cells
+FIGURES += [f for f, pair in CONVERGENCE_PAIRS.items() if has_cells(*pair)]
 TABLE_FILES = [
     f"{RESULTS}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md", "tex")
 ]

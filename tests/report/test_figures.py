@@ -11,7 +11,16 @@ import pytest
 from PIL import Image
 
 from eldistill.cli import main
-from eldistill.report.figures import FIGURES, draw_batch_size, draw_gradvar, loglog_slope, make_figure
+from eldistill.report.common import CONVERGENCE_PAIRS
+from eldistill.report.figures import (
+    FIGURES,
+    draw_batch_size,
+    draw_convergence_pair,
+    draw_gradvar,
+    draw_samples_by_dataset,
+    loglog_slope,
+    make_figure,
+)
 from eldistill.report.tables import make_tables
 
 
@@ -41,7 +50,7 @@ def check_png(path):
         assert pixels.std() > 0, f"{path} is blank"
 
 
-@pytest.mark.parametrize("name", FIGURES)
+@pytest.mark.parametrize("name", [f for f in FIGURES if f not in CONVERGENCE_PAIRS])  # pairs: below
 def test_figure_regenerates_from_copied_tables_alone(copied_tables, tmp_path, name):
     out = tmp_path / "figures"
     assert main(["figures", "--tables", str(copied_tables), "--figure", name, "--out", str(out)]) == 0
@@ -79,3 +88,47 @@ def test_unknown_figure_and_missing_tables_are_named(copied_tables, tmp_path):
         make_figure(copied_tables, "pie", tmp_path / "f")
     with pytest.raises(ValueError, match="tables folder not found"):
         make_figure(tmp_path / "nowhere", "samples", tmp_path / "f")
+
+
+def convergence_world(tables):
+    """DI on CIFAR-10 (EL off/on; the off cell listed by two experiments), SiD2A on ImageNet 512 at 2048 and 16."""
+    tables.mkdir(parents=True)
+    header = "experiment,cell_id,key,dataset,distiller,batch,el,kind,images_seen,fid,protocol"
+    rows = []
+    for experiment in ("frameworks", "iterations"):
+        rows += [f"{experiment},di-off,k1,cifar10,di,128,False,snapshot,{i},{f},p" for i, f in ((10, 9.0), (20, 6.0))]
+    rows += [f"frameworks,di-on,k2,cifar10,di,128,True,snapshot,{i},{f},p" for i, f in ((10, 5.0), (20, 4.0))]
+    rows += ["frameworks,di-on,k2,cifar10,di,128,True,final,20,3.9,p"]  # min-of-3 final: not a curve point
+    rows += ["datasets,s-off,k3,imagenet512,sid2a,2048,False,final,100,2.2,p"]
+    rows += ["datasets,s-on,k4,imagenet512,sid2a,2048,True,final,100,2.1,p"]
+    rows += ["small_batch,s16,k5,imagenet512,sid2a,16,True,final,100,7.0,p"]
+    (tables / "convergence.csv").write_text("\n".join([header, *rows]) + "\n")
+    return tables
+
+
+def test_convergence_pairs_draw_el_off_and_on(tmp_path):
+    tables = convergence_world(tmp_path / "tables")
+    fig = draw_convergence_pair(tables, "convergence_di_cifar10")
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in fig.axes[0].lines}
+    plt.close(fig)
+    # one line per cell (the cell two experiments list is drawn once), snapshots only when there are any
+    assert lines == {"DI (batch 128)": ([10, 20], [9.0, 6.0]), "DI + EL (batch 128)": ([10, 20], [5.0, 4.0])}
+    fig = draw_convergence_pair(tables, "convergence_sid2a_imagenet512")
+    labels = sorted(line.get_label() for line in fig.axes[0].lines)
+    plt.close(fig)
+    assert labels == ["SID2A (batch 2048)", "SID2A + EL (batch 2048)"]  # batch 16 is another figure's
+    for name in CONVERGENCE_PAIRS:
+        paths = make_figure(tables, name, tmp_path / "figures")
+        check_pdf(paths[0])
+        check_png(paths[1])
+    (tables / "convergence.csv").write_text((tables / "convergence.csv").read_text().replace("imagenet512", "ffhq"))
+    with pytest.raises(ValueError, match="no FID records of sid2a on imagenet512 at batch 2048"):
+        make_figure(tables, "convergence_sid2a_imagenet512", tmp_path / "figures")
+
+
+def test_samples_by_dataset_shows_each_datasets_best_el_cell(copied_tables):
+    fig = draw_samples_by_dataset(copied_tables)
+    titles = [ax.get_title() for ax in fig.axes]
+    plt.close(fig)
+    # the world's cells with samples are both CIFAR-10 EL cells: sid2a+EL (FID 1.9) beats div-1x1 (12)
+    assert titles == ["cifar10: sid2a + EL, FID 1.9"]

@@ -27,6 +27,11 @@ FULL_ENSEMBLE = (4, 4)  # the paper's main EL: four architectures x four initial
 NO_AUX = ("", "none", "el")
 PROTOCOL_COLUMNS = ("protocol", "feature_net", "num_samples", "reference", "aggregation")
 RESERVED_TABLES = ("cells", "claims", "convergence", "gradvar")  # files `tables` writes besides the paper tables
+# The paper's convergence figures (`eldistill figures`): figure name -> (distiller, dataset, batch or None = any)
+CONVERGENCE_PAIRS = {
+    "convergence_di_cifar10": ("di", "cifar10", None),
+    "convergence_sid2a_imagenet512": ("sid2a", "imagenet512", 2048),
+}
 
 _EDM2_SIZE = re.compile(r"img512-(xxl|xl|xs|s|m|l)(?![a-z])")
 

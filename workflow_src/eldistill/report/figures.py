@@ -12,6 +12,12 @@ enough to redraw any figure):
     frameworks   cells.csv rows of experiment `frameworks`: FID per distiller, EL off / on, per dataset
     samples      cells.csv rows with a samples PNG of experiment `main` (all cells when there is no `main`):
                  a grid of the 8x8 sample grids
+    convergence_di_cifar10, convergence_sid2a_imagenet512
+                 the paper's convergence figures: convergence.csv rows of every experiment for DI vs DI+EL on
+                 CIFAR-10, and SiD2A vs SiD2A+EL on ImageNet 512 at batch 2048 (CONVERGENCE_PAIRS)
+    samples_by_dataset
+                 cells.csv: per dataset, the one-step sample grid of its lowest-FID EL-on cell (any cell when
+                 none has EL), as the paper's sample figures show one per dataset
 `--experiment` overrides the experiment a figure reads. Every title names the FID protocol.
 """
 
@@ -34,9 +40,11 @@ import seaborn as sns  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from eldistill.report.common import protocol_short, read_csv  # noqa: E402
+from eldistill.report.common import CONVERGENCE_PAIRS, protocol_short, read_csv  # noqa: E402
 
-FIGURES = ("convergence", "batch_size", "diversity", "gradvar", "frameworks", "samples")
+FIGURES = ("convergence", "batch_size", "diversity", "gradvar", "frameworks", "samples", *CONVERGENCE_PAIRS)
+FIGURES += ("samples_by_dataset",)
+NO_EXPERIMENT = ("gradvar", "samples", "samples_by_dataset", *CONVERGENCE_PAIRS)  # they choose their own rows
 EL_COLORS = {False: "tab:blue", True: "tab:orange"}
 
 
@@ -87,6 +95,66 @@ def draw_convergence(tables: Path, experiment: str):
     _plain_numbers(ax.yaxis)
     ax.legend(fontsize=6)
     _title(fig, "FID during distillation, EL off (blue) / on (orange)", conv["protocol"])
+    return fig
+
+
+def draw_convergence_pair(tables: Path, name: str, experiment: str | None = None):
+    """FID against images seen for one distiller on one dataset, EL off and on (every experiment's cells of that
+    distiller, dataset and batch; a cell two experiments share is drawn once)."""
+    distiller, dataset, batch = CONVERGENCE_PAIRS[name]
+    path = tables / "convergence.csv"
+    columns = ("experiment", "cell_id", "key", "dataset", "distiller", "batch", "el", "kind", "images_seen", "fid")
+    conv = read_csv(path, (*columns, "protocol"), "table")
+    if experiment:
+        conv = _experiment_rows(conv, experiment, path)
+    pick = (conv["distiller"].astype(str) == distiller) & (conv["dataset"].astype(str) == dataset)
+    if batch is not None:
+        pick &= conv["batch"] == batch
+    conv = conv[pick & conv["kind"].isin(["snapshot", "final"])]
+    if conv.empty:
+        raise ValueError(
+            f"{path}: no FID records of {distiller} on {dataset}" + (f" at batch {batch}" if batch else "")
+        )
+    conv = conv.drop_duplicates(["cell_id", "kind", "images_seen", "fid"])
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for _, rows in conv.groupby("cell_id", sort=False):
+        snaps = rows[rows["kind"] == "snapshot"]
+        curve = (snaps if len(snaps) else rows).dropna(subset=["fid", "images_seen"])
+        curve = curve.drop_duplicates("images_seen").sort_values("images_seen")
+        el = bool(rows["el"].iloc[0])
+        label = f"{distiller.upper()}{' + EL' if el else ''} (batch {int(rows['batch'].iloc[0])})"
+        ax.plot(curve["images_seen"], curve["fid"], "o-", ms=3, color=EL_COLORS[el], label=label)
+    ax.set(xlabel="images seen", ylabel="FID", yscale="log")
+    _plain_numbers(ax.yaxis)
+    ax.legend(fontsize=7)
+    where = f"{dataset}" + (f", batch {batch}" if batch else "")
+    _title(fig, f"Convergence of {distiller.upper()} without and with EL ({where})", conv["protocol"])
+    return fig
+
+
+def draw_samples_by_dataset(tables: Path, experiment: str | None = None):
+    path = tables / "cells.csv"
+    cells = read_csv(path, ("experiment", "cell_id", "key", "dataset", "distiller", "el", "fid", "samples"), "table")
+    if experiment:
+        cells = _experiment_rows(cells, experiment, path)
+    trained = ~cells["distiller"].astype(str).str.startswith("teacher")  # the teachers' own rows sample 35+ steps
+    cells = cells[trained & cells["samples"].notna() & (cells["samples"].astype(str) != "")]
+    if cells.empty:
+        raise ValueError(f"{path}: no distilled cell has a samples PNG")
+    chosen = []
+    for _, rows in cells.groupby("dataset", sort=True):
+        pool = rows[rows["el"].astype(bool)] if rows["el"].astype(bool).any() else rows
+        chosen.append(pool.sort_values("fid", na_position="last").iloc[0])
+    fig, axes = plt.subplots(1, len(chosen), figsize=(3.2 * len(chosen), 3.8), squeeze=False)
+    for ax, row in zip(axes[0], chosen):
+        png = tables / str(row["samples"])
+        if not png.is_file():
+            raise ValueError(f"{path}: cell {row['cell_id']} names a samples file that is missing: {png}")
+        ax.imshow(mpimg.imread(png), cmap="gray", vmin=0.0, vmax=1.0)
+        ax.axis("off")
+        fid = "" if pd.isna(row["fid"]) else f", FID {row['fid']:.3g}"
+        ax.set_title(f"{row['dataset']}: {row['distiller']}{' + EL' if row['el'] else ''}{fid}", fontsize=8)
+    _title(fig, "One-step samples per dataset (fixed seeds; the best EL cell of each)", cells["protocol"])
     return fig
 
 
@@ -214,6 +282,11 @@ DRAW = {
     "gradvar": draw_gradvar,
     "frameworks": draw_frameworks,
     "samples": draw_samples,
+    "samples_by_dataset": draw_samples_by_dataset,
+    **{
+        name: (lambda tables, experiment, name=name: draw_convergence_pair(tables, name, experiment))
+        for name in CONVERGENCE_PAIRS
+    },
 }
 
 
@@ -224,7 +297,7 @@ def make_figure(tables_dir: str | Path, name: str, out_dir: str | Path, experime
     tables, out = Path(tables_dir), Path(out_dir)
     if not tables.is_dir():
         raise ValueError(f"tables folder not found: {tables}")
-    if experiment is None and name not in ("gradvar", "samples"):
+    if experiment is None and name not in NO_EXPERIMENT:
         experiment = name
     fig = DRAW[name](tables, experiment)
     out.mkdir(parents=True, exist_ok=True)
