@@ -50,6 +50,8 @@ def test_id_ignores_hardware_knobs_but_not_results_settings():
         ({"el": {"archs": ["cnn", "vit"]}}, "'el.archs'"),
         ({"el": {"wieght": 1}}, "wieght"),
         ({"el": {"weight": 1.0, "scope": "batch"}}, "'el.scope'"),
+        ({"batch": 1, "el": {"weight": 1.0}}, "'batch' = 1; the unbiased EL"),
+        ({"batch_gpu": 1, "el": {"weight": 1.0, "scope": "round"}}, "'batch_gpu' = 1; EL per round"),
         ({"distiller": "sid2a"}, "'init_generator'"),
     ],
 )

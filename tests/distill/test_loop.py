@@ -191,6 +191,19 @@ def test_el_on_batch_32_equals_4_rounds_of_8_equals_2_processes_x_2_rounds_of_8(
     assert first[0] != pytest.approx(first[1], rel=1e-2), first
 
 
+def test_el_rounds_of_one_image_equal_one_round(make_cell, tiny_el):
+    # The unbiased estimator cannot be computed on one image; over the global batch it can.
+    settings = dict(distiller="sid", batch=4, total_images=8, el=tiny_el)
+    whole, ones = make_cell(run="el-whole", **settings), make_cell(run="el-ones", batch_gpu=1, **settings)
+    train(whole)
+    train(ones)
+    for a, b in zip(*(read_jsonl(Path(c.run_dir) / "metrics.jsonl") for c in (whole, ones)), strict=True):
+        for k in ("el", "loss/generator", "grad_norm/generator"):
+            assert b[k] == pytest.approx(a[k], rel=1e-5), k
+    a, b = (weights(Path(c.run_dir) / "generator.pt")[0] for c in (whole, ones))
+    assert_same(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_nonfinite_steps_are_skipped_then_stop(make_cell, monkeypatch):
     from eldistill.distillers.sid import SiD
 

@@ -200,6 +200,12 @@ class Cell:
             raise bad("el.vae", "must name the VAE folder when el.space is pixels (EL on decoded latents)")
         if el.scope not in EL_SCOPES:
             raise bad("el.scope", f"is {el.scope!r}; choose {' or '.join(EL_SCOPES)}")
+        if el.enabled and el.estimator == "unbiased":
+            # The unbiased estimator needs two samples per estimate: the global batch, or each round.
+            if el.scope == "global" and self.batch < 2:
+                raise bad("batch", f"= {self.batch}; the unbiased EL estimator needs at least 2 samples")
+            if el.scope == "round" and self.batch_gpu is not None and self.batch_gpu < 2:
+                raise bad("batch_gpu", f"= {self.batch_gpu}; EL per round (el.scope round) needs at least 2")
         if check_files:
             for key in ("teacher", "dataset", "init_generator"):
                 path = getattr(self, key)
