@@ -26,6 +26,7 @@ from eldistill.distillers import build_distiller
 from eldistill.embedding import EmbeddingLoss
 from eldistill.generator import one_step
 from eldistill.train import PhaseRandom, RoundNoise, real_batch
+from eldistill.untrusted.torch_files import load_torch_file
 
 
 def grad_norm(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> float:
@@ -57,7 +58,7 @@ def main() -> None:
         if not states:
             print(f"{name:<10} no finished EL-off run under {args.states}")
             continue
-        saved = torch.load(states[0], map_location="cpu", weights_only=True)["nets"]
+        saved = load_torch_file(states[0], "cpu", "training state")["nets"]
         for key, net in d.nets.items():
             net.load_state_dict(saved[key])
         generator = d.nets["generator"].requires_grad_(True)

@@ -87,7 +87,7 @@ def _as_persistent(module: torch.nn.Module, init_kwargs=None):
     return _Persistent(UPSTREAM_NAMES.get(name, name), state)
 
 
-def _write(path, net, edm2=False, class_name=None, extra=None, drop_kwargs=()):
+def _write(path, net, edm2=False, class_name=None, extra=None, drop_kwargs=(), protocol=pickle.DEFAULT_PROTOCOL):
     config = {k: v for k, v in net.config.items() if k not in drop_kwargs}
     config.pop("class_name")
     record = _as_persistent(net, config)
@@ -113,7 +113,7 @@ def _write(path, net, edm2=False, class_name=None, extra=None, drop_kwargs=()):
             data = dict(ema=record, loss_fn=loss, augment_pipe=None, dataset_kwargs=_EasyDict(path="cifar10.zip"))
         data.update(extra or {})
         with open(path, "wb") as f:
-            pickle.dump(data, f)
+            pickle.dump(data, f, protocol=protocol)
     finally:
         for name in ("torch_utils", "torch_utils.persistence", "dnnlib", "dnnlib.util"):
             if name in saved:
@@ -127,5 +127,6 @@ def _write(path, net, edm2=False, class_name=None, extra=None, drop_kwargs=()):
 def write_edm_pickle():
     """write_edm_pickle(path, net, edm2=False, class_name=None, extra=None, drop_kwargs=()): an EDM (dict) or
     EDM2 (EasyDict with a VAE encoder record) snapshot of `net` whose embedded module source raises if executed;
-    `drop_kwargs` leaves constructor arguments out of the record, as when upstream used their defaults."""
+    `drop_kwargs` leaves constructor arguments out of the record, as when upstream used their defaults;
+    `protocol` is the pickle protocol (2 spells builtins and bytes the Python 2 way)."""
     return _write

@@ -9,11 +9,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import inspect
-import io
 import json
-import pickle
 import sys
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +20,10 @@ import torch
 from .io import atomic_torch_save
 from .nets import build_network
 from .nets.precond import jsonable
+from .untrusted import UnsafePickleError as UnsafePickleError  # re-exported: callers catch it from here
+from .untrusted import load_pickle
+from .untrusted.torch_files import PICKLE_GLOBALS as TORCH_PICKLE_GLOBALS
+from .untrusted.torch_files import load_torch_file
 
 FORMAT = "eldistill-net-v1"
 
@@ -46,7 +47,7 @@ def read_network_file(path: str | Path, map_location="cpu") -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"{path}: network file not found")
     try:
-        record = torch.load(path, map_location=map_location, weights_only=True)
+        record = load_torch_file(path, map_location, "eldistill network file")
     except Exception as e:  # torch raises many types (KeyError, EOFError, RuntimeError...) on damaged files
         raise ValueError(f"{path}: not a readable eldistill network file (truncated or foreign: {e})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
@@ -73,10 +74,6 @@ def load_network(path: str | Path, map_location="cpu") -> tuple[torch.nn.Module,
 
 
 # --- the published EDM / EDM2 pickles, read without running them (anchors B.2) -------------------------
-
-
-class UnsafePickleError(ValueError):
-    """A pickle reached for a global outside the allowlist; the message names it."""
 
 
 class PersistentRecord:
@@ -122,98 +119,31 @@ class Inert:
         pass
 
 
-def _load_storage(data):
-    if not isinstance(data, (bytes, bytearray)):
-        raise UnsafePickleError("torch.storage._load_from_bytes called with a non-bytes argument")
-    try:
-        return torch.load(io.BytesIO(bytes(data)), weights_only=True)
-    except Exception as e:  # torch's own message suggests weights_only=False: never for these files
-        raise UnsafePickleError(
-            "torch.storage._load_from_bytes: the embedded storage is not plain tensor data "
-            f"(torch's weights_only loader raised {type(e).__name__}); refusing it"
-        ) from None
-
-
-def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
-    if not isinstance(storage, (torch.storage.TypedStorage, torch.storage.UntypedStorage)):
-        raise UnsafePickleError("torch._utils._rebuild_tensor_v2 called without a storage")
-    return torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, OrderedDict())
-
-
-def _rebuild_parameter(data, requires_grad=True, backward_hooks=None, state=None):
-    if not isinstance(data, torch.Tensor):
-        raise UnsafePickleError("torch._utils._rebuild_parameter called without a tensor")
-    return torch.nn.Parameter(data, requires_grad=bool(requires_grad))
-
-
-def _numpy_dtype(*args, **kwargs):
-    dtype = np.dtype(*args, **kwargs)
-    if dtype.hasobject:
-        raise UnsafePickleError("numpy.dtype with Python objects is not allowed in a checkpoint")
-    return dtype
-
-
-def _numpy_globals() -> dict[tuple[str, str], Any]:
-    try:
-        from numpy._core import multiarray, numeric
-    except ImportError:  # numpy 1.x
-        from numpy.core import multiarray, numeric
-    table = {("numpy", "dtype"): _numpy_dtype, ("numpy", "ndarray"): np.ndarray}
-    for prefix in ("numpy.core", "numpy._core"):  # pickles from numpy 1.x and 2.x name the same functions
-        table[(f"{prefix}.multiarray", "scalar")] = multiarray.scalar
-        table[(f"{prefix}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        table[(f"{prefix}.numeric", "_frombuffer")] = numeric._frombuffer
-    return table
+def _module_stub(module: str, name: str):
+    """Plain torch.nn containers (ModuleDict, ModuleList, ...) become inert stubs; anything else is refused."""
+    if module.startswith("torch.nn.modules.") and name.isidentifier() and not name.startswith("_"):
+        return ModuleStub
+    return None
 
 
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    **TORCH_PICKLE_GLOBALS,  # tensors, storages, numpy values and containers, each rebuilt from checked bytes
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): PersistentRecord,
     ("dnnlib.util", "EasyDict"): PickledDict,
     ("dnnlib", "EasyDict"): PickledDict,
-    ("collections", "OrderedDict"): OrderedDict,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
     ("builtins", "getattr"): Inert,  # bound hook methods in SiDA-EDM2 pickles; never a real getattr
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch.storage", "_load_from_bytes"): _load_storage,
-    **_numpy_globals(),
 }
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only ALLOWED_GLOBALS and torch.nn container classes (as inert stubs); refuses the rest."""
-
-    def __init__(self, file, source: str):
-        super().__init__(file)
-        self.source = source
-
-    def find_class(self, module, name):
-        if (module, name) in ALLOWED_GLOBALS:
-            return ALLOWED_GLOBALS[(module, name)]
-        if module.startswith("torch.nn.modules.") and name.isidentifier() and not name.startswith("_"):
-            return ModuleStub
-        raise UnsafePickleError(f"{self.source}: refusing to load global '{module}.{name}' (not on the allowlist)")
-
-    def persistent_load(self, pid):
-        raise UnsafePickleError(f"{self.source}: persistent ids are not used by EDM pickles; refusing {pid!r}")
-
-
 def read_edm_pickle(path: str | Path) -> Any:
-    """The raw contents of an EDM/EDM2 pickle, with persistent objects as PersistentRecord (no code run)."""
+    """The raw contents of an EDM/EDM2 pickle, with persistent objects as PersistentRecord (no code run).
+
+    The restricted unpickler of eldistill.untrusted bounds what the file can make us allocate."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: pickle not found")
     with open(path, "rb") as f:
-        try:
-            return RestrictedUnpickler(f, str(path)).load()
-        except UnsafePickleError as e:
-            if str(path) in str(e):
-                raise
-            raise UnsafePickleError(f"{path}: {e}") from None
-        except Exception as e:  # truncated or corrupt data raises many types
-            raise ValueError(f"{path}: not a readable EDM pickle ({type(e).__name__}: {e})") from None
+        return load_pickle(f, str(path), ALLOWED_GLOBALS, fallback=_module_stub)
 
 
 def _module_state(obj) -> dict:

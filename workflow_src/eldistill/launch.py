@@ -35,6 +35,7 @@ from tqdm import tqdm
 from eldistill.cell import Cell
 from eldistill.io import append_jsonl, read_jsonl
 from eldistill.resources import plan
+from eldistill.untrusted.torch_files import load_torch_file
 
 EXIT_REQUEUE = 3  # the training loop's "stopped by a signal after saving its state" (INTERFACES.md)
 STOP_SIGNAL = signal.SIGUSR1  # what we send the training process to make it save and stop
@@ -75,7 +76,7 @@ def place_cell(cell: Cell, results_dir: str | Path | None) -> Cell:
 def teacher_shape(path: str | Path) -> tuple[int, int]:
     """(network resolution, parameter count) of one of our teacher files, without building the network."""
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = load_torch_file(path, "cpu", "network file")
         resolution = int(data["config"]["img_resolution"])
         params = sum(t.numel() for t in data["state_dict"].values() if torch.is_tensor(t))
     except FileNotFoundError:

@@ -35,6 +35,7 @@ from eldistill.data import ImageDataset
 from eldistill.generator import to_uint8
 from eldistill.io import append_jsonl, atomic_torch_save, atomic_write_bytes
 from eldistill.nets import build_network, preset
+from eldistill.untrusted.torch_files import load_torch_file
 
 STATE_FORMAT = "eldistill-teacher-state-v1"
 STATE_FILE = "teacher-state.pt"
@@ -313,7 +314,7 @@ def train_teacher(
 
 def _read_state(path: Path) -> dict[str, Any]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_torch_file(path, "cpu", "teacher training state")
     except Exception as e:  # a truncated or foreign file
         raise ValueError(f"{path}: not a readable teacher training state ({e}); delete it to start over") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:

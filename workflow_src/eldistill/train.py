@@ -40,6 +40,7 @@ from eldistill.generator import one_step
 from eldistill.global_el import CachedEL, cache_gradients, replayed_rng
 from eldistill.io import append_jsonl, atomic_torch_save, atomic_write_bytes, atomic_write_json, read_jsonl
 from eldistill.nets.edm2 import defer_forced_normalization, force_normalize_
+from eldistill.untrusted.torch_files import load_torch_file
 
 EXIT_REQUEUE = 3  # stopped by SIGTERM/SIGUSR1 after saving: requeue me
 STATE_FILE = "training-state.pt"
@@ -319,7 +320,7 @@ class Trainer:
         if not path.exists():
             return False
         try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
+            state = load_torch_file(path, self.device, "training state")
         except Exception as e:
             raise ValueError(f"{path}: unreadable training state ({e}); delete it to start over") from None
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from eldistill.io import atomic_torch_save
 from eldistill.metrics.protocols import file_digest
+from eldistill.untrusted.torch_files import load_torch_file
 
 FORMAT = "eldistill-classifier-v1"
 
@@ -130,7 +131,7 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> tuple[MiniCl
     if not path.is_file():
         raise ValueError(f"classifier checkpoint not found: {path} (make it with `eldistill train-classifier`)")
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        data = load_torch_file(path, map_location, "classifier checkpoint")
     except Exception as e:  # torch raises many types for truncated/foreign files
         raise ValueError(f"{path}: not a readable classifier checkpoint ({e})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:

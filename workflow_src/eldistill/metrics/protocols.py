@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import io
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from eldistill.io import atomic_write_bytes
+from eldistill.untrusted import load_pickle
+from eldistill.untrusted.arrays import PICKLE_GLOBALS as NUMPY_PICKLE_GLOBALS
+from eldistill.untrusted.arrays import read_npz
 
 PAPER = "fid50k-tf-inception"
 MINI = "mini-classifier"
@@ -106,33 +108,9 @@ class Reference:
             )
 
 
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-    """Rebuilds dicts, numbers, strings and numpy arrays; any other global (code) is refused."""
-
-    ALLOWED = {
-        (mod, name)
-        for mod in ("numpy.core.multiarray", "numpy._core.multiarray")
-        for name in ("_reconstruct", "scalar")
-    } | {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("builtins", "bytearray"),
-        ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load global {module}.{name} (only numpy arrays are allowed)")
-        return super().find_class(module, name)
-
-
 def _read_pkl(path: Path, metric: str = "fid") -> dict:
-    try:
-        data = _ArraysOnlyUnpickler(io.BytesIO(path.read_bytes())).load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as e:
-        raise ValueError(f"reference {path}: not a readable statistics pickle ({e})") from None
+    with open(path, "rb") as f:  # numpy arrays rebuilt from checked bytes; any other global (code) is refused
+        data = load_pickle(f, f"reference {path}", NUMPY_PICKLE_GLOBALS)
     if not isinstance(data, dict) or not isinstance(data.get(metric), dict):
         found = sorted(k for k in data if isinstance(data[k], dict)) if isinstance(data, dict) else []
         raise ValueError(
@@ -144,10 +122,9 @@ def _read_pkl(path: Path, metric: str = "fid") -> dict:
 
 def _read_npz(path: Path) -> dict:
     try:
-        with np.load(path, allow_pickle=False) as f:
-            return {key: f[key] for key in f.files}
-    except (OSError, ValueError) as e:
-        raise ValueError(f"reference {path}: not a readable .npz ({e})") from None
+        return read_npz(path)
+    except ValueError as e:
+        raise ValueError(f"reference {e}") from None
 
 
 def load_reference(path: str | Path, metric: str = "fid") -> Reference:
