@@ -20,6 +20,7 @@ import torch
 
 from eldistill.data.dataset import DatasetError, ImageDataset
 from eldistill.nets.latent import edm2_scale_bias, posterior_sample
+from eldistill.untrusted.arrays import read_npy
 
 LATENT_EXTENSIONS = (".npy",)
 
@@ -66,7 +67,7 @@ class LatentDataset(ImageDataset):
     def _decode(self, index: int) -> torch.Tensor:
         data = self._read_bytes(self._names[index])
         try:
-            array = np.load(io.BytesIO(data), allow_pickle=False)  # a record never carries code
+            array = read_npy(io.BytesIO(data), len(data), self._where(index))  # header checked against the size
         except (ValueError, OSError, EOFError) as e:
             raise DatasetError(f"{self._where(index)}: not a readable .npy array ({e})") from None
         if array.ndim < 2 or not np.issubdtype(array.dtype, np.floating):

@@ -36,7 +36,6 @@ import importlib
 import io
 import json
 import os
-import pickle
 import sys
 import tarfile
 import zipfile
@@ -48,7 +47,8 @@ import PIL.Image
 from tqdm import tqdm
 
 from eldistill.data.dataset import IMAGE_EXTENSIONS
-from eldistill.metrics.protocols import _ArraysOnlyUnpickler
+from eldistill.untrusted import load_pickle
+from eldistill.untrusted.arrays import PICKLE_GLOBALS as NUMPY_PICKLE_GLOBALS
 
 TRANSFORMS = ("none", "center-crop", "center-crop-wide", "center-crop-dhariwal")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -81,11 +81,12 @@ def read_cifar10_tarball(path: str | Path, max_images: int | None = None):
                 except KeyError:
                     raise PrepareError(f"{path}: no member {name}; is this the CIFAR-10 python tarball?") from None
                 with tar.extractfile(member) as f:
-                    # EDM reads these with pickle.load(encoding="latin1"); ours refuses every global but numpy's
-                    data = _ArraysOnlyUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
+                    # EDM reads these with pickle.load(encoding="latin1"); ours (latin-1 too) refuses every global
+                    # but numpy's and bounds what the file can make us allocate
+                    data = load_pickle(io.BytesIO(f.read()), f"{path} member {name}", NUMPY_PICKLE_GLOBALS)
                 images.append(np.asarray(data["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 labels.append(np.asarray(data["labels"], dtype=np.int64))
-    except (tarfile.TarError, OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
+    except (tarfile.TarError, OSError, EOFError, KeyError, TypeError, ValueError) as e:
         if isinstance(e, PrepareError):
             raise
         raise PrepareError(f"{path}: not a readable CIFAR-10 python tarball ({e})") from None

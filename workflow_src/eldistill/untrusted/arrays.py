@@ -184,7 +184,8 @@ NPZ_INFLATION = 16  # a member may inflate to at most this many times the archiv
 NPZ_SLACK = 1 << 20
 
 
-def _read_npy(member, size: int, what: str) -> np.ndarray:
+def read_npy(member, size: int, what: str) -> np.ndarray:
+    """The array of an `.npy` stream of `size` bytes, its header checked against that size before any read."""
     version = np.lib.format.read_magic(member)
     if version == (1, 0):
         shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
@@ -219,7 +220,7 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
                 if not m.filename.endswith(".npy") or m.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
                     raise UnsafePickleError(f"{path}: member {m.filename!r} is not an .npy array numpy writes")
                 with archive.open(m) as member:
-                    arrays[m.filename[: -len(".npy")]] = _read_npy(member, m.file_size, f"{path} member {m.filename}")
+                    arrays[m.filename[: -len(".npy")]] = read_npy(member, m.file_size, f"{path} member {m.filename}")
             return arrays
     except UnsafePickleError as e:
         raise UnsafePickleError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
