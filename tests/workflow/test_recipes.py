@@ -32,7 +32,7 @@ NETWORKS = {
 NOT_YET_DOCUMENTED = {
     (dataset, distiller) for dataset in ("ffhq", "afhqv2", "imagenet64") for distiller in ("di", "dmd", "cm")
 }
-CELL_SETTINGS = ("batch", "total_images", "precision", "dropout", "ema_halflife_images", "ema_beta")
+CELL_SETTINGS = ("batch", "total_images", "precision", "dropout", "augment_p", "ema_halflife_images", "ema_beta")
 OPTIM_KEYS = ("lr", "betas", "weight_decay", "warmup_images")
 
 

@@ -71,6 +71,7 @@ class Cell:
     # per-network overrides of lr / betas / weight_decay / warmup_images, e.g. {"generator": {"betas": [0.9, 0.999]}}
     network_optim: dict[str, dict[str, Any]] = field(default_factory=dict)
     dropout: float | None = None  # dropout of the teacher and its trainable copies; None keeps the teacher's
+    augment_p: float = 0.0  # EDM's augmentation of the fake score's (and SiDA's discriminator's) inputs
     ema_halflife_images: int = 500_000
     ema_beta: float | None = None  # a fixed EMA decay per iteration (CM's 0.9999) instead of the half-life
     snapshot_images: int = 0  # 0 = only the final snapshot
@@ -171,6 +172,10 @@ class Cell:
             raise bad("warmup_images", f"must be a non-negative integer, got {self.warmup_images!r}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise bad("dropout", f"must be in [0, 1) or null (the teacher's), got {self.dropout!r}")
+        if not isinstance(self.augment_p, (int, float)) or not 0 <= self.augment_p <= 1:
+            raise bad("augment_p", f"must be a probability in [0, 1], got {self.augment_p!r}")
+        if self.augment_p > 0 and self.distiller in ("dmd", "cm"):
+            raise bad("augment_p", f"must be 0 for {self.distiller} (its reference trains without augmentation)")
         if self.ema_beta is not None and not 0 <= self.ema_beta < 1:
             raise bad("ema_beta", f"must be in [0, 1) or null (use ema_halflife_images), got {self.ema_beta!r}")
         self._validate_network_optim(bad)

@@ -83,6 +83,7 @@ CELL_KEYS = (
     "warmup_images",
     "network_optim",
     "dropout",
+    "augment_p",
     "ema_halflife_images",
     "ema_beta",
     "snapshot_images",

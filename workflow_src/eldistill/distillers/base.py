@@ -55,9 +55,22 @@ class Distiller:
     # the generator on the labels of the real batch they read), False uniformly over the classes (DMD2).
     labels_from_data: ClassVar[bool] = False
 
-    def __init__(self, teacher: nn.Module, args: dict[str, Any] | None = None, init_generator: nn.Module | None = None):
+    def __init__(
+        self,
+        teacher: nn.Module,
+        args: dict[str, Any] | None = None,
+        init_generator: nn.Module | None = None,
+        augment_p: float = 0.0,
+    ):
         self.args = resolve_args(self.name, self.DEFAULTS, args or {})
         self.teacher = teacher.eval().requires_grad_(False)
+        # EDM's augmentation of the fake score's inputs (cell.augment_p); the teacher must take augment labels.
+        self.augment_p = float(augment_p)
+        if self.augment_p > 0 and getattr(getattr(teacher, "model", None), "map_augment", None) is None:
+            raise ValueError(
+                f"augment_p = {self.augment_p}: the teacher has no augment-label input (it was trained without "
+                "augmentation, augment_dim 0); set augment_p to 0"
+            )
         # Every generator starts from the teacher's weights (anchors A.0), or from a given generator (SiD2A).
         generator = copy.deepcopy(init_generator if init_generator is not None else teacher)
         self.nets: dict[str, nn.Module] = {"generator": generator.train().requires_grad_(False)}
@@ -159,9 +172,18 @@ def karras_grid(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_M
     return karras_sigma(torch.linspace(0, 1, n, dtype=torch.float64), sigma_min, sigma_max, rho)
 
 
-def denoise(net: nn.Module, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None, features=False):
-    """D(x; sigma, c) in at least float32; with features=True also the U-Net bottleneck feature map."""
-    out = net(x, sigma, labels, return_features=True) if features else net(x, sigma, labels)
+def denoise(
+    net: nn.Module,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    labels: torch.Tensor | None,
+    features=False,
+    augment_labels: torch.Tensor | None = None,
+):
+    """D(x; sigma, c) in at least float32; with features=True also the U-Net bottleneck feature map;
+    augment_labels are the labels of EDM's augmentation of x (None: not augmented)."""
+    kwargs = {} if augment_labels is None else {"augment_labels": augment_labels}
+    out = net(x, sigma, labels, return_features=True, **kwargs) if features else net(x, sigma, labels, **kwargs)
     denoised = out[0] if features else out
     if denoised.dtype in (torch.float16, torch.bfloat16):
         denoised = denoised.float()
@@ -176,13 +198,25 @@ def edm_fake_score_loss(
     p_mean: float,
     p_std: float,
     sigma_data: float,
+    augment_p: float = 0.0,
 ) -> torch.Tensor:
-    """EDM's denoising loss of the fake score on detached generated images, summed over pixels: (n,)."""
+    """EDM's denoising loss of the fake score on detached generated images, summed over pixels: (n,). With
+    augment_p > 0 the images are augmented first (SiD `training/sid_loss.py` L62-64)."""
     x = x_gen.detach()
     sigma = lognormal_sigma(noise, p_mean, p_std)
+    x, augment_labels = maybe_augment(x, noise, augment_p)
     eps = noise.randn(*x.shape[1:])
-    d = denoise(fake, x + as_images(sigma) * eps, sigma, labels)
+    d = denoise(fake, x + as_images(sigma) * eps, sigma, labels, augment_labels=augment_labels)
     return (as_images(edm_weight(sigma, sigma_data)) * (d - x) ** 2).flatten(1).sum(1)
+
+
+def maybe_augment(images: torch.Tensor, noise: SampleNoise, p: float):
+    """(augmented images, augment labels), or (images, None) when p is 0."""
+    if p <= 0:
+        return images, None
+    from eldistill.distillers.augment import augment
+
+    return augment(images, noise, p)
 
 
 def finite_rows(*tensors: torch.Tensor) -> torch.Tensor:

@@ -34,8 +34,8 @@ class CM(Distiller):
         "optimizer": "radam",  # openai/consistency_models and ECT use RAdam
     }
 
-    def __init__(self, teacher, args=None, init_generator=None):
-        super().__init__(teacher, args, init_generator)
+    def __init__(self, teacher, args=None, init_generator=None, augment_p=0.0):
+        super().__init__(teacher, args, init_generator, augment_p)
         a = self.args
         if a["distance"] not in DISTANCES:
             raise ValueError(f"distiller_args: 'distance' is {a['distance']!r}; choose one of {', '.join(DISTANCES)}")

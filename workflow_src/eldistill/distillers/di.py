@@ -30,8 +30,8 @@ class DI(Distiller):
         "loss_scale_g": 1.0,  # `--ls`: generator loss multiplier
     }
 
-    def __init__(self, teacher, args=None, init_generator=None):
-        super().__init__(teacher, args, init_generator)
+    def __init__(self, teacher, args=None, init_generator=None, augment_p=0.0):
+        super().__init__(teacher, args, init_generator, augment_p)
         self.nets["fake_score"] = fresh_copy(teacher)
 
     def phases(self, images_seen: int, iteration: int) -> list[Phase]:
@@ -42,7 +42,7 @@ class DI(Distiller):
         fake = self.nets["fake_score"]
         if phase == "fake":
             sigma_data = float(self.teacher.sigma_data)
-            score = edm_fake_score_loss(fake, x_gen, labels, noise, a["p_mean"], a["p_std"], sigma_data)
+            score = edm_fake_score_loss(fake, x_gen, labels, noise, a["p_mean"], a["p_std"], sigma_data, self.augment_p)
             return a["loss_scale"] * score, {}
         sigma = lognormal_sigma(noise, a["p_mean"], a["p_std"])
         x_t = x_gen.detach() + as_images(sigma) * noise.randn(*x_gen.shape[1:])

@@ -66,8 +66,8 @@ class DMD(Distiller):
         "clip_norm": 10.0,  # gradient-norm clipping on every network
     }
 
-    def __init__(self, teacher, args=None, init_generator=None):
-        super().__init__(teacher, args, init_generator)
+    def __init__(self, teacher, args=None, init_generator=None, augment_p=0.0):
+        super().__init__(teacher, args, init_generator, augment_p)
         a = self.args
         if a["gen_update_ratio"] < 1:
             raise ValueError(f"distiller_args: 'gen_update_ratio' must be >= 1, got {a['gen_update_ratio']}")

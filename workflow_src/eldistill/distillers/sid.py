@@ -32,8 +32,8 @@ class SiD(Distiller):
         "loss_scale_g": 100.0,  # `--lsg`: generator loss multiplier
     }
 
-    def __init__(self, teacher, args=None, init_generator=None):
-        super().__init__(teacher, args, init_generator)
+    def __init__(self, teacher, args=None, init_generator=None, augment_p=0.0):
+        super().__init__(teacher, args, init_generator, augment_p)
         self.nets["fake_score"] = fresh_copy(teacher)
 
     def phases(self, images_seen: int, iteration: int) -> list[Phase]:
@@ -48,7 +48,8 @@ class SiD(Distiller):
     def fake_loss(self, x_gen, labels, noise: SampleNoise) -> torch.Tensor:
         a = self.args
         sigma_data = float(self.teacher.sigma_data)
-        loss = edm_fake_score_loss(self.nets["fake_score"], x_gen, labels, noise, a["p_mean"], a["p_std"], sigma_data)
+        fake = self.nets["fake_score"]
+        loss = edm_fake_score_loss(fake, x_gen, labels, noise, a["p_mean"], a["p_std"], sigma_data, self.augment_p)
         return a["loss_scale"] * loss
 
     def generator_sigma(self, noise: SampleNoise) -> torch.Tensor:

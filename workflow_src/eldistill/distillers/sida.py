@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from eldistill.distillers.base import Phase, as_images, denoise, edm_weight, lognormal_sigma
+from eldistill.distillers.base import Phase, as_images, denoise, edm_weight, lognormal_sigma, maybe_augment
 from eldistill.distillers.sid import SiD
 
 
@@ -68,10 +68,14 @@ class SiDA(SiD):
         fake = self.nets["fake_score"]
         x = x_gen.detach()
         sigma = lognormal_sigma(noise, a["p_mean"], a["p_std"])
-        n = as_images(sigma) * noise.randn(*x.shape[1:])
         weight = edm_weight(sigma, float(self.teacher.sigma_data))
-        d_fake, feats_fake = denoise(fake, x + n, sigma, labels, features=True)
-        _, feats_real = denoise(fake, real + n, sigma, labels, features=True)  # the generated batch's labels
+        # generated and real images each get their own augmentation draw (`sida_loss.py` L85, L94)
+        x, aug_fake = maybe_augment(x, noise, self.augment_p)
+        n = as_images(sigma) * noise.randn(*x.shape[1:])
+        real, aug_real = maybe_augment(real, noise, self.augment_p)
+        d_fake, feats_fake = denoise(fake, x + n, sigma, labels, features=True, augment_labels=aug_fake)
+        # the real images go through with the generated batch's labels
+        _, feats_real = denoise(fake, real + n, sigma, labels, features=True, augment_labels=aug_real)
         score = weight * ((d_fake - x) ** 2).flatten(1).sum(1)
         bce = batch_bce(encoder_logits(feats_real), 1.0) + batch_bce(encoder_logits(feats_fake), 0.0)
         disc = weight * 0.5 * bce
