@@ -60,8 +60,11 @@ FIGURES = [
         "gradvar",
         "frameworks",
         "samples",
+        "claims",
     )
-    if (f == "gradvar" and CFG["gradvar"]) or f == "samples" or f in CFG["experiments"]
+    if (f == "gradvar" and CFG["gradvar"])
+    or f in ("samples", "claims")
+    or f in CFG["experiments"]
 ]
 FIGURES.append("samples_by_dataset")
 
@@ -80,7 +83,10 @@ FIGURES += [f for f, pair in CONVERGENCE_PAIRS.items() if has_cells(*pair)]
 TABLE_FILES = [
     f"{RESULTS}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md", "tex")
 ]
-TABLE_FILES += [f"{RESULTS}/tables/{t}.csv" for t in ("cells", "claims", "convergence")]
+TABLE_FILES += [
+    f"{RESULTS}/tables/{t}.csv"
+    for t in ("cells", "claims", "convergence", "summary", "el_effect")
+]
 if CFG["gradvar"]:
     TABLE_FILES.append(f"{RESULTS}/tables/gradvar.csv")
 FIGURE_FILES = [

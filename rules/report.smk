@@ -73,10 +73,15 @@ rule tables:
         runs=f"{RESULTS}/runs",
         benchmarks=f"{RESULTS}/benchmarks/distill",
         gradvar=lambda wc, input: f"--gradvar {input.gradvar}" if input.gradvar else "",
+        learned=(
+            f"--learned-below-fid {CFG['claims']['learned_below_fid']}"
+            if CFG["claims"]["learned_below_fid"]
+            else ""
+        ),
         out=f"{RESULTS}/tables",
     shell:
         "eldistill tables --grid {input.grid} --runs {params.runs} --benchmarks {params.benchmarks}"
-        " {params.gradvar} --out {params.out} > {log} 2>&1"
+        " {params.gradvar} {params.learned} --out {params.out} > {log} 2>&1"
 
 
 rule figure:

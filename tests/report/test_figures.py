@@ -7,6 +7,7 @@ import shutil
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -132,3 +133,57 @@ def test_samples_by_dataset_shows_each_datasets_best_el_cell(copied_tables):
     plt.close(fig)
     # the world's cells with samples are both CIFAR-10 EL cells: sid2a+EL (FID 1.9) beats div-1x1 (12)
     assert titles == ["cifar10: sid2a + EL, FID 1.9"]
+
+
+def _seeded_cells(tmp_path):
+    """cells.csv of a frameworks experiment with 3 seeds: four learning distillers near FID 20, cm near 400."""
+    rows = []
+    for distiller, base in (("di", 30.0), ("sid", 25.0), ("dmd", 28.0), ("sid2a", 18.0), ("cm", 400.0)):
+        for el in (False, True):
+            for seed, jitter in enumerate((-1.0, 0.0, 1.0)):
+                rows.append(
+                    {"experiment": "frameworks", "cell_id": f"{distiller}-{el}-{seed}", "dataset": "digits",
+                     "distiller": distiller, "el": el, "batch": 32, "seed": seed,
+                     "fid": base * (0.9 if el else 1.0) + jitter, "protocol": "mini-classifier"}
+                )  # fmt: skip
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    pd.DataFrame(rows).to_csv(tables / "cells.csv", index=False)
+    return tables
+
+
+def test_frameworks_draws_intervals_and_a_non_learning_distiller_never_sets_the_scale(tmp_path):
+    from eldistill.report.figures import draw_frameworks
+
+    fig = draw_frameworks(_seeded_cells(tmp_path), "frameworks")
+    ax = fig.axes[0]
+    top = ax.get_ylim()[1]
+    assert 30.0 < top < 60.0, top  # set by di's 30 + its interval, not by cm's 400
+    # error bars: the 95 % t-interval of (-1, 0, +1) around each mean is +-4.3027 / sqrt(3); none for cm
+    lengths = [abs(seg[1][1] - seg[0][1]) for c in ax.collections for seg in c.get_segments()]
+    assert sorted(round(v, 3) for v in lengths if v > 0) == [round(2 * 4.302653 / 3**0.5, 3)] * 8
+    texts = " ".join(t.get_text() for t in ax.texts)
+    assert "400 off scale" in texts and "cm *" in [t.get_text() for t in ax.get_xticklabels()]
+    plt.close(fig)
+
+
+def test_claims_figure_colours_by_verdict_and_excluded_rows_do_not_set_the_scale(tmp_path):
+    from eldistill.report.figures import VERDICT_COLORS, draw_claims
+
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    pd.DataFrame(
+        [
+            ("el_lowers_fid", "sid", "b32", -3.0, -5.0, -1.0, "supported"),
+            ("el_lowers_fid", "dmd", "b32", 0.5, -1.0, 2.0, "inconclusive"),
+            ("el_lowers_fid", "di", "b32", 3.0, 1.0, 5.0, "contradicted"),
+            ("el_lowers_fid", "cm", "b32", -60.0, -61.0, -59.0, "excluded"),
+        ],
+        columns=["claim", "distiller", "scope", "value", "ci_low", "ci_high", "verdict"],
+    ).assign(protocol="mini-classifier").to_csv(tables / "claims.csv", index=False)
+    fig = draw_claims(tables)
+    ax = fig.axes[0]
+    assert ax.get_xlim()[1] < 10.0  # |5| x 1.3, not cm's 60
+    shown = {t.get_text().split()[0]: t.get_color() for t in ax.texts}
+    assert shown == {v: VERDICT_COLORS[v] for v in ("supported", "inconclusive", "contradicted", "excluded")}
+    plt.close(fig)

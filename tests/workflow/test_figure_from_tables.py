@@ -23,7 +23,7 @@ def copied_tables(work):
         for ext in ("csv", "md", "tex"):
             (tables / f"{name}.{ext}").write_text(CELLS if ext == "csv" else f"table {name}\n")
     (tables / "cells.csv").write_text(CELLS)
-    for name in ("claims", "convergence", "gradvar"):
+    for name in ("claims", "convergence", "gradvar", "summary", "el_effect"):
         (tables / f"{name}.csv").write_text("key\n")
     return tables
 

@@ -69,6 +69,7 @@ GRID_COLUMNS = (
     "total_images",
     "protocol",
     "gpus",  # optional for `eldistill tables`: wall seconds x gpus = gpu_seconds
+    "seed",  # optional for `eldistill tables`: the training seed (settings that differ only in it are repeats)
 )
 
 # Cell settings an override may set directly; the rest of the override keys are resolved below.
@@ -326,6 +327,7 @@ def _make_cell(
         "total_images": cell.total_images,
         "protocol": config["protocol"]["name"],
         "gpus": cell_plan["gpus"],
+        "seed": cell.seed,
     }
     return cell, cell_plan, row
 

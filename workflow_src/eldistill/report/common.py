@@ -26,7 +26,8 @@ MINI_PROTOCOL = "mini-classifier"
 FULL_ENSEMBLE = (4, 4)  # the paper's main EL: four architectures x four initialisations
 NO_AUX = ("", "none", "el")
 PROTOCOL_COLUMNS = ("protocol", "feature_net", "num_samples", "reference", "aggregation")
-RESERVED_TABLES = ("cells", "claims", "convergence", "gradvar")  # files `tables` writes besides the paper tables
+# files `tables` writes besides the paper tables
+RESERVED_TABLES = ("cells", "claims", "convergence", "gradvar", "summary", "el_effect")
 # The paper's convergence figures (`eldistill figures`): figure name -> (distiller, dataset, batch or None = any)
 CONVERGENCE_PAIRS = {
     "convergence_di_cifar10": ("di", "cifar10", None),

@@ -10,9 +10,12 @@ Inputs, per grid row (cell `c`):
     BENCHMARKS/c.tsv       Snakemake's benchmark: `s` (mean over repeats) = wall seconds; gpu_seconds = s x
                            the grid's optional `gpus` column (else s)
 
-Outputs in TABLES/: <table>.csv|.md|.tex for each `table` of the grid (one row per grid row), cells.csv
-(all of them), convergence.csv (one row per fid.jsonl record per grid row), claims.csv (the paper's
-claims computed from our numbers), gradvar.csv (the gradvar verb's CSV, tidied) and samples/.
+Outputs in TABLES/: <table>.csv|.md|.tex for each `table` of the grid (one row per grid row; the .md also
+gives each setting's mean over seeds with its 95 % interval), cells.csv (all of them), convergence.csv (one
+row per fid.jsonl record per grid row), summary.csv (one row per experiment and setting: FID mean, SD and
+95 % t-interval over the training seeds), el_effect.csv (each EL-on minus EL-off difference, paired by seed,
+with its interval), claims.csv (a verdict per claim and distiller, see report.claims, plus the paper's claim
+numbers computed from our cells), gradvar.csv (the gradvar verb's CSV, tidied) and samples/.
 A cell without results is a row with NaN fid and a `status`:
     ok                 a final FID record exists
     protocol_mismatch  the final record's protocol differs from the grid's planned one (numbers kept)
@@ -36,6 +39,7 @@ from tqdm import tqdm
 
 from eldistill.grid import GRID_COLUMNS
 from eldistill.io import atomic_write_bytes, read_jsonl
+from eldistill.report.claims import make_claims, paired_el_differences, summarize
 from eldistill.report.common import (
     NO_AUX,
     PROTOCOL_COLUMNS,
@@ -47,9 +51,10 @@ from eldistill.report.common import (
     read_csv,
 )
 
-# the columns eldistill.grid writes; `gpus` is optional (old and hand-made grids lack it)
-REQUIRED_GRID_COLUMNS = tuple(c for c in GRID_COLUMNS if c != "gpus")
-NUMERIC_GRID = ("resolution", "el_weight", "batch", "n_archs", "inits_per_arch", "total_images", "gpus")
+# the columns eldistill.grid writes; `gpus` and `seed` are optional (old and hand-made grids lack them)
+OPTIONAL_GRID_COLUMNS = ("gpus", "seed")
+REQUIRED_GRID_COLUMNS = tuple(c for c in GRID_COLUMNS if c not in OPTIONAL_GRID_COLUMNS)
+NUMERIC_GRID = ("resolution", "el_weight", "batch", "n_archs", "inits_per_arch", "total_images", "gpus", "seed")
 RESULT_COLUMNS = (
     "fid",
     "fid_best_snapshot",
@@ -74,6 +79,7 @@ DISPLAY_COLUMNS = (
     "n_archs",
     "inits_per_arch",
     "aux_loss",
+    "seed",
     "fid",
     "fid_best_snapshot",
     "images_seen",
@@ -98,6 +104,7 @@ CONVERGENCE_CELL_COLUMNS = (
     "inits_per_arch",
     "aux_loss",
     "total_images",
+    "seed",
     "key",
 )
 CONVERGENCE_RECORD_COLUMNS = ("kind", "images_seen", "iterations", "fid", *PROTOCOL_COLUMNS, "seeds", "checkpoint")
@@ -404,7 +411,7 @@ def _display(df: pd.DataFrame) -> pd.DataFrame:
     digits below 1), '' if missing."""
     shown = df[list(DISPLAY_COLUMNS)].copy()
     formats = {"wall_seconds": "{:.0f}", "gpu_seconds": "{:.0f}"}
-    for col in ("resolution", "batch", "n_archs", "inits_per_arch", "images_seen", "num_samples"):
+    for col in ("resolution", "batch", "n_archs", "inits_per_arch", "seed", "images_seen", "num_samples"):
         formats[col] = "{:.0f}"
     for col, fmt in formats.items():
         shown[col] = [fmt.format(float(v)) if not is_missing(v) and not pd.isna(v) else "" for v in shown[col]]
@@ -423,9 +430,34 @@ def _markdown(name: str, df: pd.DataFrame) -> str:
             f"reference = {p['reference']}, aggregation = {p['aggregation']}"
         )
     ok = int((df["status"] == "ok").sum())
+    summary = summarize(df)
     lines += ["", f"{len(df)} cells, {ok} with a final FID (status `ok`).", ""]
+    lines += ["## Mean over seeds (95 % t-interval)", "", _summary_markdown(summary), ""]
+    lines += ["## Every cell", ""]
     lines.append(_display(df).to_markdown(index=False, disable_numparse=True))
     return "\n".join(lines) + "\n"
+
+
+def _fid_text(v: float) -> str:
+    return "" if pd.isna(v) else f"{v:.3f}" if abs(v) >= 1 else f"{v:.4g}"
+
+
+def _summary_markdown(summary: pd.DataFrame) -> str:
+    """Settings that vary, then FID mean [low, high] over seeds (n seeds)."""
+    shown = pd.DataFrame(
+        {
+            "experiment": summary["experiment"],
+            "key": summary["key"],
+            "seeds": summary["n_seeds"].astype(int),
+            "FID mean": summary["fid_mean"].map(_fid_text),
+            "95 % interval": [
+                f"[{_fid_text(lo)}, {_fid_text(hi)}]" if not pd.isna(lo) else "one seed"
+                for lo, hi in zip(summary["fid_ci_low"], summary["fid_ci_high"])
+            ],
+            "SD": summary["fid_sd"].map(_fid_text),
+        }
+    )
+    return shown.to_markdown(index=False, disable_numparse=True)
 
 
 def _latex(name: str, df: pd.DataFrame) -> str:
@@ -472,9 +504,13 @@ def make_tables(
     out_dir: str | Path,
     benchmarks_dir: str | Path | None = None,
     gradvar_path: str | Path | None = None,
+    learned_below_fid: float | None = None,
 ) -> pd.DataFrame:
-    """Write every table (module docstring) and return the cells table (all grid rows)."""
+    """Write every table (module docstring) and return the cells table (all grid rows). A distiller whose
+    EL-off mean FID is not below `learned_below_fid` did not learn: its claims are `excluded`."""
     grid = read_grid(grid_path)
+    if "seed" not in grid.columns:
+        grid["seed"] = 0.0  # a grid without seeds: every cell is its setting's only repeat
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
     rows, conv = [], []
@@ -518,9 +554,20 @@ def make_tables(
         _write(_latex(name, df), out_dir / f"{name}.tex")
     _write(cells, out_dir / "cells.csv")
     _write(convergence, out_dir / "convergence.csv")
-    claims = [iteration_reduction(cells, convergence), diversity_gain(cells)]
-    claims = [c for c in (*claims, small_batch_degradation(cells), dmd_batch_needed(cells)) if c]
-    _write(pd.DataFrame(claims, columns=["key", "metric", "value", "protocol", "detail"]), out_dir / "claims.csv")
+    _write(summarize(cells), out_dir / "summary.csv")
+    _write(paired_el_differences(cells), out_dir / "el_effect.csv")
+    verdicts = make_claims(cells, convergence, learned_below_fid)
+    # the paper's claim numbers (best pair; what the diff compares with the paper), next to the verdicts
+    # one row per setting with its mean over seeds, so a claim number never rests on one lucky seed
+    means = cells.assign(fid=cells.groupby(["experiment", "key"], dropna=False)["fid"].transform("mean"))
+    means = means.drop_duplicates(["experiment", "key"])
+    paper = [iteration_reduction(cells, convergence), diversity_gain(means)]
+    paper = [c for c in (*paper, small_batch_degradation(means), dmd_batch_needed(means)) if c]
+    paper = pd.DataFrame(paper, columns=["key", "metric", "value", "protocol", "detail"]).assign(
+        claim=lambda d: d["key"].str.removeprefix("claim/"), test="best pair (the paper's number)", verdict=""
+    )
+    claims = pd.concat([verdicts, paper.reindex(columns=verdicts.columns)], ignore_index=True)
+    _write(claims if len(claims) else verdicts, out_dir / "claims.csv")
     if gradvar_path:
         _write(tidy_gradvar(gradvar_path), out_dir / "gradvar.csv")
     return cells
@@ -533,10 +580,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--benchmarks", help="folder of Snakemake benchmark TSVs, <cell_id>.tsv")
     parser.add_argument("--gradvar", help="CSV written by `eldistill gradvar`")
     parser.add_argument("--out", required=True, help="tables folder (results/<scale>/tables)")
+    parser.add_argument(
+        "--learned-below-fid",
+        type=float,
+        default=None,
+        help="a distiller whose EL-off mean FID is not below this did not learn; its claims are 'excluded'",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    cells = make_tables(args.grid, args.runs, args.out, args.benchmarks, args.gradvar)
+    cells = make_tables(args.grid, args.runs, args.out, args.benchmarks, args.gradvar, args.learned_below_fid)
     ok = int((cells["status"] == "ok").sum())
     print(f"tables: {len(cells)} rows, {ok} with a final FID -> {args.out}")
     return 0
