@@ -385,7 +385,14 @@ def npz_deflate_bomb(path: Path) -> Path:
     )
 
 
+def latent_header_claim(path: Path) -> Path:
+    """An EDM2 latent dataset whose one record's .npy header claims 8 x 8 x 2^35 float32 (8 TiB)."""
+    record = npy_header((8, 8, 1 << 35), "<f4") + bytes(64)
+    return write_zip(path, [stored("00000/img-mean-std-00000000.npy", record)])
+
+
 NPZ_ATTACKS = {
     "npz-header-claim": (npz_header_claim, "header claims"),
     "npz-deflate-bomb": (npz_deflate_bomb, "inflate to"),
 }
+LATENT_ATTACKS = {"latent-header-claim": (latent_header_claim, "header claims")}

@@ -11,7 +11,7 @@ import re
 
 import pytest
 from confined import run_confined
-from hostile_files import NPZ_ATTACKS, PICKLE_ATTACKS, PT_ATTACKS, REFS_LAYOUT
+from hostile_files import LATENT_ATTACKS, NPZ_ATTACKS, PICKLE_ATTACKS, PT_ATTACKS, REFS_LAYOUT
 
 GROWTH_LIMIT = 256 << 20
 
@@ -23,6 +23,7 @@ LOADERS = {
     "teacher state": "eldistill.teacher:_read_state",
     "teacher_shape": "eldistill.launch:teacher_shape",
     "load_torch_file": "eldistill.untrusted.torch_files:load_torch_file",
+    "dataset": "confined_loaders:first_dataset_item",
 }
 TORCH_LOADERS = ["load_network", "load_classifier", "teacher state", "teacher_shape", "load_torch_file"]
 
@@ -32,11 +33,18 @@ def _cases():
     cases += [(f"{name} -> reference", "reference", name, ".pkl") for name in sorted(REFS_LAYOUT)]
     cases += [(f"{name} -> {loader}", loader, name, ".pt") for name in PT_ATTACKS for loader in TORCH_LOADERS]
     cases += [(f"{name} -> reference", "reference", name, ".npz") for name in NPZ_ATTACKS]
+    cases += [(f"{name} -> dataset", "dataset", name, ".zip") for name in LATENT_ATTACKS]
     return cases
 
 
 CASES = _cases()
-EXPECTED = {name: why for table in (PICKLE_ATTACKS, PT_ATTACKS, NPZ_ATTACKS) for name, (_, why) in table.items()}
+ZIP_ATTACKS = {**PT_ATTACKS, **NPZ_ATTACKS, **LATENT_ATTACKS}
+SUFFIX = {
+    **dict.fromkeys(PT_ATTACKS, ".pt"),
+    **dict.fromkeys(NPZ_ATTACKS, ".npz"),
+    **dict.fromkeys(LATENT_ATTACKS, ".zip"),
+}
+EXPECTED = {name: why for table in (PICKLE_ATTACKS, ZIP_ATTACKS) for name, (_, why) in table.items()}
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +54,8 @@ def outcomes(tmp_path_factory):
     for name, (build, _) in PICKLE_ATTACKS.items():
         paths[(name, ".pkl")] = folder / f"{name}.pkl"
         paths[(name, ".pkl")].write_bytes(build())
-    for name, (build, _) in {**PT_ATTACKS, **NPZ_ATTACKS}.items():
-        suffix = ".pt" if name in PT_ATTACKS else ".npz"
-        paths[(name, suffix)] = build(folder / f"{name}{suffix}")
+    for name, (build, _) in ZIP_ATTACKS.items():
+        paths[(name, SUFFIX[name])] = build(folder / f"{name}{SUFFIX[name]}")
     cases = [{"name": case, "loader": loader, "path": paths[(name, suffix)]} for case, loader, name, suffix in CASES]
     return run_confined(cases, LOADERS), paths
 
