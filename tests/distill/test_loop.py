@@ -165,6 +165,7 @@ def test_two_process_gloo_ddp_equals_one_process(make_cell):
     assert len(read_jsonl(Path(ddp.run_dir) / "metrics.jsonl")) == 2  # rank 0 alone writes
 
 
+@pytest.mark.slow
 def test_el_on_batch_32_equals_4_rounds_of_8_equals_2_processes_x_2_rounds_of_8(make_cell, tiny_el):
     settings = dict(distiller="sid", batch=32, total_images=64, el=tiny_el)
     full = make_cell(run="el-full", **settings)  # one process, one round of 32
