@@ -10,6 +10,7 @@ import argparse
 import hashlib
 import inspect
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -246,10 +247,24 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+# EDM2's post-hoc EMA reconstructions are named edm2-img512-<size>-<training kimg>-<EMA std>.pkl
+POSTHOC_EMA_NAME = re.compile(r"^edm2-img\d+-[a-z]+-(\d+)-(\d+\.\d+)(?:\.pkl)?$")
+
+
+def posthoc_ema_of(name: str) -> dict[str, Any] | None:
+    """{"kimg", "std"} of an EDM2 post-hoc reconstruction's file name, else None."""
+    match = POSTHOC_EMA_NAME.match(Path(name).name)
+    return {"kimg": int(match[1]), "std": float(match[2])} if match else None
+
+
 def convert_teacher(src: str | Path, out: str | Path, key: str = "ema") -> Path:
-    """Published pickle -> our network file (meta kind 'teacher', with the source's sha256)."""
+    """Published pickle -> our network file (meta kind 'teacher', with the source's sha256 and, for EDM2, the
+    post-hoc EMA choice its name records)."""
     net, info = load_edm_pickle_with_info(src, key)
     meta = {"kind": "teacher", "source_sha256": sha256_file(src), **info}
+    posthoc = posthoc_ema_of(Path(src).name)
+    if posthoc:
+        meta["posthoc_ema"] = posthoc
     return save_network(out, net, meta)
 
 

@@ -179,15 +179,35 @@ def denoise(
     labels: torch.Tensor | None,
     features=False,
     augment_labels: torch.Tensor | None = None,
+    logvar=False,
 ):
-    """D(x; sigma, c) in at least float32; with features=True also the U-Net bottleneck feature map;
-    augment_labels are the labels of EDM's augmentation of x (None: not augmented)."""
+    """D(x; sigma, c) in at least float32; with features=True also the U-Net bottleneck feature map; with
+    logvar=True also an EDM2 network's learned log-variance u(sigma), shape (n,) (last); augment_labels are the
+    labels of EDM's augmentation of x (None: not augmented)."""
     kwargs = {} if augment_labels is None else {"augment_labels": augment_labels}
-    out = net(x, sigma, labels, return_features=True, **kwargs) if features else net(x, sigma, labels, **kwargs)
-    denoised = out[0] if features else out
-    if denoised.dtype in (torch.float16, torch.bfloat16):
-        denoised = denoised.float()
-    return (denoised, out[1]) if features else denoised
+    if features:
+        kwargs["return_features"] = True
+    if logvar:
+        kwargs["return_logvar"] = True
+    out = net(x, sigma, labels, **kwargs)
+    out = list(out) if features or logvar else [out]
+    if out[0].dtype in (torch.float16, torch.bfloat16):
+        out[0] = out[0].float()
+    if logvar:
+        u = out[-1].flatten()
+        out[-1] = u.float() if u.dtype in (torch.float16, torch.bfloat16) else u
+    return tuple(out) if features or logvar else out[0]
+
+
+def has_logvar(net: nn.Module) -> bool:
+    """Whether `net` learns EDM2's log-variance u(sigma) (the uncertainty weighting of EDM2's loss)."""
+    return hasattr(net, "logvar_linear")
+
+
+def logvar_weighted(weighted_error: torch.Tensor, logvar: torch.Tensor, numel: int) -> torch.Tensor:
+    """EDM2's uncertainty-weighted loss per sample, summed over its `numel` values: (weighted error) / e^u + u per
+    value (edm2 training/training_loop.py EDM2Loss; SiDA sida_loss_edm2.py L331, L493)."""
+    return weighted_error / logvar.exp() + logvar * numel
 
 
 def edm_fake_score_loss(
@@ -199,13 +219,18 @@ def edm_fake_score_loss(
     p_std: float,
     sigma_data: float,
     augment_p: float = 0.0,
+    logvar: bool = False,
 ) -> torch.Tensor:
     """EDM's denoising loss of the fake score on detached generated images, summed over pixels: (n,). With
-    augment_p > 0 the images are augmented first (SiD `training/sid_loss.py` L62-64)."""
+    augment_p > 0 the images are augmented first (SiD `training/sid_loss.py` L62-64). With logvar=True (EDM2
+    networks) EDM2's uncertainty-weighted form, lambda/e^u ||D - x||^2 + u per pixel."""
     x = x_gen.detach()
     sigma = lognormal_sigma(noise, p_mean, p_std)
     x, augment_labels = maybe_augment(x, noise, augment_p)
     eps = noise.randn(*x.shape[1:])
+    if logvar:
+        d, u = denoise(fake, x + as_images(sigma) * eps, sigma, labels, augment_labels=augment_labels, logvar=True)
+        return logvar_weighted(edm_weight(sigma, sigma_data) * (d - x).square().flatten(1).sum(1), u, x[0].numel())
     d = denoise(fake, x + as_images(sigma) * eps, sigma, labels, augment_labels=augment_labels)
     return (as_images(edm_weight(sigma, sigma_data)) * (d - x) ** 2).flatten(1).sum(1)
 

@@ -13,7 +13,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from eldistill.distillers.base import Phase, as_images, denoise, edm_weight, lognormal_sigma, maybe_augment
+from eldistill.distillers.base import (
+    Phase,
+    as_images,
+    denoise,
+    edm_weight,
+    lognormal_sigma,
+    logvar_weighted,
+    maybe_augment,
+)
 from eldistill.distillers.sid import SiD
 
 
@@ -50,20 +58,22 @@ class SiDA(SiD):
         a = self.args
         if phase == "fake":
             return self.fake_and_discriminator_loss(x_gen, labels, real, real_labels, noise)
-        sid, (feats, norm, ok) = self.sid_generator_loss(x_gen, labels, noise, features=True)
+        sid, (feats, norm, ok, inv_var) = self.sid_generator_loss(x_gen, labels, noise, features=True)
         # The reference tests `cur_nimg > 200*1000` (and `> 100*1000` above): the same iterations as `>=` for any
         # batch that does not divide the threshold, i.e. every paper batch; `>=` lets 0 mean "from the start".
         if images_seen < a["gan_start_images"]:
             return a["loss_scale_g"] * sid, {"sid": sid}
         chw = x_gen[0].numel()
         bce = batch_bce(encoder_logits(feats[ok]).clamp(-10, 10), 1.0)  # over the finite samples
-        adv = torch.where(ok, bce / norm * chw, torch.zeros_like(norm))
+        # inv_var: 1, or 1/e^u with return_logvar (EDM2; sida_loss_edm2.py L283-284)
+        adv = torch.where(ok, bce / norm * chw * inv_var, torch.zeros_like(norm))
         total = 0.5 * (a["loss_scale_g"] * sid + a["loss_scale_g_gan"] * adv)
         return total, {"sid": sid, "adv": adv}
 
     def fake_and_discriminator_loss(self, x_gen, labels, real, real_labels, noise):
         """Denoising loss on generated images plus the discriminator's BCE, real and fake noised with the
-        same sigma and the same noise."""
+        same sigma and the same noise. With return_logvar (EDM2) the fake score's log-variance u(sigma) weights
+        both: lambda/e^u ||D - x||^2 + u per pixel and lambda/e^u BCE (SiDA sida_loss_edm2.py L326-342)."""
         a = self.args
         fake = self.nets["fake_score"]
         x = x_gen.detach()
@@ -73,12 +83,20 @@ class SiDA(SiD):
         x, aug_fake = maybe_augment(x, noise, self.augment_p)
         n = as_images(sigma) * noise.randn(*x.shape[1:])
         real, aug_real = maybe_augment(real, noise, self.augment_p)
-        d_fake, feats_fake = denoise(fake, x + n, sigma, labels, features=True, augment_labels=aug_fake)
+        fake_out = denoise(
+            fake, x + n, sigma, labels, features=True, augment_labels=aug_fake, logvar=a["return_logvar"]
+        )
+        d_fake, feats_fake = fake_out[0], fake_out[1]
         # the real images go through with the generated batch's labels
         _, feats_real = denoise(fake, real + n, sigma, labels, features=True, augment_labels=aug_real)
-        score = weight * ((d_fake - x) ** 2).flatten(1).sum(1)
+        error = weight * ((d_fake - x) ** 2).flatten(1).sum(1)
         bce = batch_bce(encoder_logits(feats_real), 1.0) + batch_bce(encoder_logits(feats_fake), 0.0)
         disc = weight * 0.5 * bce
+        if a["return_logvar"]:
+            u = fake_out[2]
+            score, disc = logvar_weighted(error, u, x[0].numel()), disc / u.exp()
+        else:
+            score = error
         return a["loss_scale"] * score + a["loss_scale_d"] * disc, {"score": score, "disc": disc}
 
 
