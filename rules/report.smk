@@ -171,3 +171,29 @@ rule report:
         configfiles=f"--configfile {REPORT_CONFIGFILES}" if REPORT_CONFIGFILES else "",
     shell:
         "snakemake --snakefile {params.snakefile} --nolock --report {output} {params.configfiles} > {log} 2>&1"
+
+
+# `snakemake --nolock progress` (or `eldistill progress --configfile ...`): at any time during a campaign, the
+# current tables, diff and a one-screen summary in results/<scale>/progress/. It reads files only and writes
+# only there, so it needs no lock and leaves running jobs alone.
+rule progress:
+    localrule: True
+    params:
+        configfiles=f"--configfile {REPORT_CONFIGFILES}" if REPORT_CONFIGFILES else "",
+    shell:
+        "eldistill progress {params.configfiles} --out {RESULTS}/progress"
+
+
+# A failed cell must not cost the campaign its tables: when a run ends with a failed job (after --keep-going
+# has run everything else), the tables, the diff and the summary are written from what exists, the failed and
+# unfinished cells marked with their log. They are dated 1970 so that the next run sees them out of date and
+# completes them (retrying the failed cells). The exit code still says that a job failed.
+onerror:
+    from eldistill.report.progress import write_progress
+
+    try:
+        print(write_progress(GRID, out=RESULTS, stale=True))
+    except Exception as e:  # never hide Snakemake's own error report behind ours
+        print(
+            f"eldistill: could not write the progress tables ({type(e).__name__}: {e})"
+        )

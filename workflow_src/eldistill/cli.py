@@ -30,6 +30,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "tables": ("eldistill.report.tables", "aggregate per-cell results into paper tables (CSV/MD/LaTeX)"),
     "figures": ("eldistill.report.figures", "draw a paper figure from the aggregated tables"),
     "diff": ("eldistill.report.diff", "compare produced tables with the paper's reported numbers"),
+    "progress": ("eldistill.report.progress", "where a campaign stands: current tables, diff and a summary"),
+    "make-standins": ("eldistill.rehearsal.standins", "write the rehearsal's stand-ins of every published file"),
     "launch": ("eldistill.launch", "submit cells straight to SLURM with submitit"),
 }
 

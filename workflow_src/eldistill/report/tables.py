@@ -22,6 +22,8 @@ A cell without results is a row with NaN fid and a `status`:
     no_final           only snapshot records (fid is NaN; fid_best_snapshot may be set)
     no_fid             the run folder exists but fid.jsonl has no record
     not_run            no run folder
+    running, evaluating, failed   (with `states`, from `eldistill progress`) a job is under way, or its log
+                       (column `log`) shows it failed
     cell_id_mismatch   fid.jsonl records name another cell (numbers dropped)
     fid_not_finite     the final record's FID is NaN or infinite (a collapsed run; fid is NaN)
 """
@@ -67,6 +69,7 @@ RESULT_COLUMNS = (
     "samples",
     "key",
     "status",
+    "log",
 )
 DISPLAY_COLUMNS = (
     "experiment",
@@ -89,6 +92,7 @@ DISPLAY_COLUMNS = (
     "num_samples",
     "aggregation",
     "status",
+    "log",
 )
 CONVERGENCE_CELL_COLUMNS = (
     "experiment",
@@ -108,6 +112,7 @@ CONVERGENCE_CELL_COLUMNS = (
     "key",
 )
 CONVERGENCE_RECORD_COLUMNS = ("kind", "images_seen", "iterations", "fid", *PROTOCOL_COLUMNS, "seeds", "checkpoint")
+NO_RESULT = ("not_run", "no_fid", "no_final")  # statuses a campaign state (running, failed, ...) may refine
 GRADVAR_ALIASES = {
     "k": "K",
     "num_embedders": "K",
@@ -159,7 +164,7 @@ def _number(value: str, where: str) -> float:
 def read_cell(run_dir: Path, cell_id: str, planned_protocol: str) -> tuple[dict, list[dict]]:
     """The result columns of one cell and its fid.jsonl records (see the module docstring)."""
     out = {c: math.nan for c in RESULT_COLUMNS}
-    out.update(teacher="", samples="", protocol=planned_protocol)
+    out.update(teacher="", samples="", log="", protocol=planned_protocol)
     if not run_dir.is_dir():
         out["status"] = "not_run"
         return out, []
@@ -505,9 +510,12 @@ def make_tables(
     benchmarks_dir: str | Path | None = None,
     gradvar_path: str | Path | None = None,
     learned_below_fid: float | None = None,
+    states: dict[str, dict] | None = None,
 ) -> pd.DataFrame:
     """Write every table (module docstring) and return the cells table (all grid rows). A distiller whose
-    EL-off mean FID is not below `learned_below_fid` did not learn: its claims are `excluded`."""
+    EL-off mean FID is not below `learned_below_fid` did not learn: its claims are `excluded`. `states` (cell_id ->
+    {"state", "log"}, from eldistill.report.progress) marks the cells without a final FID: running, evaluating,
+    failed (with the log to read) or not_run."""
     grid = read_grid(grid_path)
     if "seed" not in grid.columns:
         grid["seed"] = 0.0  # a grid without seeds: every cell is its setting's only repeat
@@ -524,6 +532,8 @@ def make_tables(
                 atomic_write_bytes(sample.read_bytes(), out_dir / "samples" / f"{cell_id}.png")
         result, records = cache[cell_id]
         row = {**g.to_dict(), **result}
+        if states and cell_id in states and result["status"] in NO_RESULT:
+            row.update(status=states[cell_id]["state"], log=states[cell_id]["log"])
         if (runs_dir / cell_id / "samples.png").is_file():
             row["samples"] = f"samples/{cell_id}.png"
         wall = read_benchmark(Path(benchmarks_dir) / f"{cell_id}.tsv") if benchmarks_dir else math.nan
