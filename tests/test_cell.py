@@ -1,6 +1,7 @@
 """The run-cell contract: strict keys, validation that names the field, ids that ignore hardware knobs."""
 
 import json
+import re
 
 import pytest
 
@@ -76,3 +77,54 @@ def test_missing_required_and_bad_json(tmp_path):
     with pytest.raises(CellError, match="bad.json"):
         Cell.load(p)
     assert json.loads(json.dumps(Cell.from_dict(base()).result_settings()))
+
+
+@pytest.mark.parametrize(
+    "over, message",
+    [
+        ({"lr": "abc"}, "'lr' must be a finite number, got 'abc'"),
+        ({"lr": float("nan")}, "'lr' must be a finite number, got nan"),
+        ({"glr": "1e-5"}, "'glr' must be a finite number or null, got '1e-5'"),
+        ({"el": {"weight": "1.0"}}, "'el.weight' must be a finite number, got '1.0'"),
+        ({"adam_betas": 0.9}, "'adam_betas' must be a list of finite numbers, got 0.9"),
+        ({"el": {"weight": 1.0, "bandwidths": ["1", "2"]}}, "'el.bandwidths' must be a list of finite numbers"),
+        ({"el": {"archs": "cnn"}}, "'el.archs' must be a list of strings, got 'cnn'"),
+        ({"batch": 32.0}, "'batch' must be an integer, got 32.0"),
+        ({"seed": True}, "'seed' must be an integer, got True"),
+        ({"precision": 16}, "'precision' must be a string, got 16"),
+        ({"distiller_args": ["alpha", 1]}, "'distiller_args' must be a mapping with string keys"),
+        ({"init_generator": 3}, "'init_generator' must be a string or null, got 3"),
+        ({"el": [1.0]}, "'el' must be a mapping, got a list"),
+    ],
+)
+def test_wrong_types_are_named_not_a_type_error(over, message):
+    """Each of these raised a bare TypeError (or slipped through) before the fields were type-checked."""
+    with pytest.raises(CellError, match=re.escape(message)):
+        Cell.from_dict(base(**over))
+
+
+def test_a_json_list_is_not_a_cell(tmp_path):
+    path = tmp_path / "cell.json"
+    path.write_text(json.dumps([["distiller", "sid"]]))
+    with pytest.raises(CellError, match=r"cell.json: a cell must be a JSON object .*, got a list"):
+        Cell.load(path)
+
+
+def test_a_stale_cell_id_is_refused_naming_both_ids(tmp_path):
+    """A cell edited after its id was written must not pass as the cell it was (and reuse its results)."""
+    finished = Cell.from_dict(base())
+    edited = {**finished.to_dict(), "lr": 3e-4}  # another lr, the finished cell's id
+    path = tmp_path / "stale.json"
+    path.write_text(json.dumps(edited))
+    actual = Cell.from_dict({k: v for k, v in edited.items() if k != "cell_id"}).cell_id
+    with pytest.raises(CellError, match=f"'cell_id' is '{finished.cell_id}' but these settings have the id '{actual}'"):
+        Cell.load(path)
+    finished.save(path)
+    assert Cell.load(path).cell_id == finished.cell_id  # an id that fits its settings loads
+
+
+def test_total_images_must_be_whole_iterations():
+    with pytest.raises(CellError, match=r"'total_images' = 3300 is not a multiple of batch = 32.*3328.*3296"):
+        Cell.from_dict(base(total_images=3300))
+    with pytest.raises(CellError, match=r"'total_images' = 20 .* ask for 32$"):
+        Cell.from_dict(base(total_images=20))

@@ -3,6 +3,8 @@ out by hand below (tolerance for fid: abs 0.05, rel 0)."""
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -121,14 +123,15 @@ def test_outputs_csv_and_markdown_with_summary(pair):
     assert summary in text
 
 
-def test_fail_on_sets_the_exit_code(pair):
+def test_fail_on_sets_the_exit_code(pair, capsys):
     base = ["diff", "--reported", str(pair["reported"]), "--tables", str(pair["tables"])]
     base += ["--tolerances", str(pair["tolerances"]), "--out", str(pair["out"])]
     assert main(base) == 0
     assert main([*base, "--fail-on", "WORSE"]) == 1
     assert main([*base, "--fail-on", "missing_ours,NOT_COMPARABLE"]) == 1
-    with pytest.raises(ValueError, match="unknown status"):
-        main([*base, "--fail-on", "WORST"])
+    capsys.readouterr()
+    assert main([*base, "--fail-on", "WORST"]) == 1
+    assert "unknown status(es) WORST" in capsys.readouterr().err
 
 
 def test_fail_on_a_status_that_does_not_occur_passes(pair):
@@ -191,3 +194,43 @@ def test_diff_reads_what_tables_writes(world, pair, tmp_path):
     assert (row["status"], row["cell_id"], row["ours"]) == ("NOT_COMPARABLE", "sid2a-el", 1.9)  # miniature FID
     assert diff.loc["claim/iterations", "status"] == "NOT_COMPARABLE"  # 25 %, computed from miniature FIDs
     assert diff.loc["claim/iterations", "ours"] == pytest.approx(25.0)
+
+
+def test_reported_file_missing_a_column_is_a_message_not_a_traceback(pair):
+    import subprocess
+    import sys
+
+    text = pair["reported"].read_text().splitlines()
+    header = text[0].split(",")
+    drop = header.index("direction")
+    pair["reported"].write_text("\n".join(",".join(c for i, c in enumerate(line.split(",")) if i != drop)
+                                          for line in text) + "\n")  # fmt: skip
+    args = ["--reported", str(pair["reported"]), "--tables", str(pair["tables"])]
+    args += ["--tolerances", str(pair["tolerances"]), "--out", str(pair["out"]), "--fail-on", "WORSE"]
+    out = subprocess.run([sys.executable, "-m", "eldistill.cli", "diff", *args], capture_output=True, text=True)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"{pair['reported']}: missing column(s) direction" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "where, value, message",
+    [
+        ("ours", -0.5, "cell b, column 'fid': fid = -0.5 is impossible"),
+        ("ours", "abc", "cell b, column 'fid': 'abc' is not a number"),
+        ("paper", "-1.7", "column 'value': fid = -1.7 is impossible"),
+        ("paper", "nan", "column 'value': nan is not a finite number"),
+        ("paper", "inf", "column 'value': inf is not a finite number"),
+    ],
+)
+def test_non_physical_numbers_are_refused_by_name(pair, where, value, message):
+    """A negative FID in our table used to become BETTER (exit 0 even with --fail-on WORSE)."""
+    if where == "ours":
+        cells = pd.read_csv(pair["tables"] / "cells.csv", dtype=str)
+        cells.loc[cells["cell_id"] == "b", "fid"] = str(value)
+        cells.to_csv(pair["tables"] / "cells.csv", index=False)
+    else:
+        reported = pd.read_csv(pair["reported"], dtype=str, keep_default_na=False)
+        reported.loc[reported["key"] == "baseline/cifar10-cond/sid", "value"] = value
+        reported.to_csv(pair["reported"], index=False)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make_diff(pair["reported"], pair["tables"], pair["tolerances"], pair["out"])

@@ -11,6 +11,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,13 +96,23 @@ class Cell:
     # --- construction -----------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "cell") -> Cell:
+        """A validated cell. A given `cell_id` must be the id of these settings: a stale id (settings edited
+        after the id was written) would make the cell reuse another cell's folders and results."""
+        if not isinstance(data, dict):
+            raise CellError(f"{where}: a cell must be a JSON object (a mapping of settings), got {_kind(data)}")
         data = dict(data)
-        el = _strict(ELConfig, data.pop("el", {}) or {}, f"{where}.el")
+        el = data.pop("el", None)
+        el = _strict(ELConfig, {} if el is None else el, where, "el.")
         cell = _strict(cls, data, where)
         cell.el = el
         cell.validate(where)
-        if not cell.cell_id:
-            cell.cell_id = cell.compute_id()
+        computed = cell.compute_id()
+        if cell.cell_id and cell.cell_id != computed:
+            raise CellError(
+                f"{where}: 'cell_id' is {cell.cell_id!r} but these settings have the id {computed!r}; the id is "
+                "computed from the settings: remove 'cell_id' or restore the settings it was computed from"
+            )
+        cell.cell_id = computed
         return cell
 
     @classmethod
@@ -142,12 +156,23 @@ class Cell:
         def bad(key: str, msg: str) -> CellError:
             return CellError(f"{where}: '{key}' {msg}")
 
+        _check_types(self, where)
+        if not isinstance(self.el, ELConfig):
+            raise bad("el", f"must be a mapping of EL settings, got {_kind(self.el)}")
+        _check_types(self.el, where, "el.")
         if self.distiller not in DISTILLERS:
             raise bad("distiller", f"is {self.distiller!r}; choose one of {', '.join(DISTILLERS)}")
         for key in ("batch", "total_images"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise bad(key, f"must be a positive integer, got {value!r}")
+        if self.total_images % self.batch:
+            down, up = self.total_images // self.batch * self.batch, -(-self.total_images // self.batch) * self.batch
+            raise bad(
+                "total_images",
+                f"= {self.total_images} is not a multiple of batch = {self.batch}: training runs whole iterations, "
+                f"so it would train {up} images; ask for {up}" + (f" or {down}" if down else ""),
+            )
         for key in ("snapshot_images", "log_images", "ema_halflife_images"):
             value = getattr(self, key)
             if not isinstance(value, int) or value < 0:
@@ -258,19 +283,78 @@ class Cell:
         return settings
 
 
-def _strict(cls: type, data: dict[str, Any], where: str):
+def _strict(cls: type, data: dict[str, Any], where: str, prefix: str = ""):
     """Build a dataclass from a dict, refusing unknown keys and missing required ones by name."""
     if not isinstance(data, dict):
-        raise CellError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise CellError(f"{where}: '{prefix.rstrip('.') or 'cell'}' must be a mapping, got {_kind(data)}")
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(prefix + str(k) for k in set(data) - names)
     if unknown:
-        raise CellError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        known = ", ".join(prefix + n for n in sorted(names))
+        raise CellError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {known}")
     missing = [
-        f.name
+        prefix + f.name
         for f in dataclasses.fields(cls)
         if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
     ]
     if missing:
         raise CellError(f"{where}: missing required key(s) {', '.join(missing)}")
     return cls(**data)
+
+
+# --- types: every field is checked against its annotation, so a wrong type is named, not a TypeError ----------
+def _check_types(obj: Any, where: str, prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        hint = hints.get(f.name)
+        if hint is None or hint is ELConfig:
+            continue
+        value = getattr(obj, f.name)
+        wanted = _expected(value, hint)
+        if wanted is not None:
+            raise CellError(f"{where}: '{prefix}{f.name}' must be {wanted}, got {value!r} ({_kind(value)})")
+
+
+def _expected(value: Any, hint: Any) -> str | None:
+    """None when `value` fits the annotation `hint`, else what was expected (in words). Annotations this does not
+    know are left to the field's own check."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        if value is None and len(options) < len(args):
+            return None
+        wanted = [_expected(value, a) for a in options]
+        if any(w is None for w in wanted):
+            return None
+        return " or ".join(w for w in wanted if w) + (" or null" if len(options) < len(args) else "")
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return None if isinstance(value, numbers.Integral) and not isinstance(value, bool) else "an integer"
+    if hint is float:
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        return None if number and math.isfinite(value) else "a finite number"
+    if hint is str:
+        return None if isinstance(value, str) else "a string"
+    if origin is list:
+        item = args[0] if args else Any
+        describe = _expected(object(), item) if item is not Any else None
+        of = f" of {_plural(describe)}" if describe else ""
+        if not isinstance(value, list):
+            return f"a list{of}"
+        return None if all(_expected(v, item) is None for v in value) else f"a list{of}"
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            return "a mapping with string keys"
+    return None
+
+
+def _plural(description: str) -> str:
+    words = {"an integer": "integers", "a finite number": "finite numbers", "a string": "strings"}
+    return words.get(description, description)
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer"}
+    names.update({float: "a number", type(None): "null"})
+    return names.get(type(value), f"a {type(value).__name__}")

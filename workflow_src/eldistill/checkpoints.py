@@ -1,7 +1,8 @@
 """Network checkpoints: our own `.pt` format, and the published EDM/EDM2 pickles read without running them.
 
 Our file (loadable with `torch.load(..., weights_only=True)`):
-    {"format": "eldistill-net-v1", "config": net.config, "state_dict": {...}, "meta": {...}}
+    {"format": "eldistill-net-v1", "config": net.config, "state_dict": {...}, "meta": {...}, "digest": "sha256:..."}
+The digest (eldistill.integrity) is checked on every read; files written before digests existed have none.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .integrity import check_digest, with_digest
 from .io import atomic_torch_save
 from .nets import build_network
 from .nets.precond import jsonable
@@ -38,8 +40,8 @@ def save_network(path: str | Path, net: torch.nn.Module, meta: dict[str, Any] | 
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: 'meta' must be plain JSON-like data ({e})") from None
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-    record = {"format": FORMAT, "config": dict(net.config), "state_dict": state, "meta": dict(meta or {})}
-    return atomic_torch_save(record, path)
+    record = with_digest({"format": FORMAT, "config": dict(net.config), "state_dict": state, "meta": dict(meta or {})})
+    return atomic_torch_save(record, path, verify=read_network_file)  # read back before it takes the name
 
 
 def read_network_file(path: str | Path, map_location="cpu") -> dict[str, Any]:
@@ -57,7 +59,15 @@ def read_network_file(path: str | Path, map_location="cpu") -> dict[str, Any]:
     for key in ("config", "state_dict", "meta"):
         if not isinstance(record.get(key), dict):
             raise ValueError(f"{path}: key {key!r} is missing or not a mapping")
+    check_digest(record, str(path))
     return record
+
+
+def require_kind(path: str | Path, meta: dict[str, Any], kind: str, role: str) -> None:
+    """Refuse a network file whose recorded kind is not `kind` (e.g. a generator snapshot given as a teacher)."""
+    found = meta.get("kind")
+    if found != kind:
+        raise ValueError(f"{role}: {path} is a network file of kind {found!r}; '{role}' needs one of kind {kind!r}")
 
 
 def load_network(path: str | Path, map_location="cpu") -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from contextlib import nullcontext
+
+from eldistill.stopsignal import StopFlag
 
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
@@ -34,6 +37,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "make-standins": ("eldistill.rehearsal.standins", "write the rehearsal's stand-ins of every published file"),
     "launch": ("eldistill.launch", "submit cells straight to SLURM with submitit"),
 }
+# Verbs that save their state and exit 3 on SIGTERM/SIGUSR1: their handler is installed before anything else.
+STOP_VERBS = ("train", "train-teacher")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    with StopFlag() if argv and argv[0] in STOP_VERBS else nullcontext():  # first, before importing torch
+        return _dispatch(argv)
+
+
+def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0] not in VERBS:
         build_parser().parse_args(argv)  # prints usage / error and exits
         return 2
@@ -56,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"eldistill {verb}", description=help_text)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    code = module.run(args)
+    try:
+        code = module.run(args)
+    except (ValueError, OSError) as e:  # bad input or a failed write: the message names the key or the file
+        print(f"eldistill {verb}: error: {e}", file=sys.stderr)
+        return 1
     return int(code or 0)
 
 

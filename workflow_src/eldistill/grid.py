@@ -278,6 +278,9 @@ def _make_cell(
     if recipe in RECIPES and recipe not in DISTILLERS:  # a recipe name: the class, with the recipe's options
         data["distiller"], options = RECIPES[recipe]
         data["distiller_args"] = merge(options, settings.get("distiller_args", {}))
+    asked, batch = data.get("total_images"), data.get("batch")
+    if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (asked, batch)) and asked % batch:
+        data["total_images"] = -(-asked // batch) * batch  # a cell trains whole iterations (Cell refuses the rest)
     data.update(
         teacher=paths["teacher"].format(teacher=teacher_name),
         dataset=paths["data"].format(dataset=dataset_name),
@@ -325,6 +328,7 @@ def _make_cell(
         "inits_per_arch": cell.el.inits_per_arch,
         "aux_loss": settings.get("aux_loss") or ("el" if el_on else "none"),
         "total_images": cell.total_images,
+        "total_images_asked": asked,  # not a GRID.csv column: `eldistill grid` states the rounding
         "protocol": config["protocol"]["name"],
         "gpus": cell_plan["gpus"],
         "seed": cell.seed,
@@ -678,6 +682,13 @@ def run(args) -> int:
         return 2
     if args.plan:
         write_plan_csv(plan_table(result), args.plan)
+    rounded = [r for r in result.rows if r["total_images_asked"] != r["total_images"]]
+    if rounded:
+        r = rounded[0]
+        print(
+            f"note: {len(rounded)} row(s) round total_images up to whole iterations, e.g. {r['experiment']} "
+            f"{r['cell_id']}: {r['total_images_asked']} -> {r['total_images']} images at batch {r['batch']}"
+        )
     print(
         f"{result.scale}: {len(result.rows)} rows, {len(result.cells)} cells to train, "
         f"{len(result.teacher_evals)} teacher evaluations, tables {', '.join(result.tables)}"

@@ -19,9 +19,7 @@ import argparse
 import functools
 import io
 import math
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -33,9 +31,11 @@ from tqdm import tqdm
 from eldistill.checkpoints import save_network
 from eldistill.data import ImageDataset
 from eldistill.generator import to_uint8
-from eldistill.io import append_jsonl, atomic_torch_save, atomic_write_bytes
+from eldistill.io import append_jsonl, atomic_write_bytes, remove_orphaned_temps
+from eldistill.lock import WriterLock
 from eldistill.nets import build_network, preset
-from eldistill.untrusted.torch_files import load_torch_file
+from eldistill.statefile import load_state, save_state
+from eldistill.stopsignal import StopFlag
 
 STATE_FORMAT = "eldistill-teacher-state-v1"
 STATE_FILE = "teacher-state.pt"
@@ -113,29 +113,6 @@ def sample_teacher(net, n: int = 64, seed: int = 0, num_steps: int = 18) -> torc
         return heun_sample(net, noise, labels, num_steps=num_steps)
 
 
-class _StopSignal:
-    """Turns SIGTERM/SIGUSR1 into a flag the loop checks after each step (then it saves and exits 3)."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self):
-        self.received: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.received = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
 def _own_rng(fn):
     """Run `fn` on a forked global torch RNG: seeding the training must not change the caller's stream."""
 
@@ -201,125 +178,119 @@ def train_teacher(
         "p_std": p_std,
         "seed": seed,
     }
-    state = _read_state(state_path) if state_path.exists() else None
-    if state is not None:
-        for key in RESULT_KEYS:
-            if state["settings"].get(key) != settings[key]:
-                raise ValueError(
-                    f"{state_path}: saved '{key}' = {state['settings'].get(key)!r} differs from this run's "
-                    f"{settings[key]!r}; use another --state-dir or delete the state to start over"
-                )
-        done = state["images_seen"] >= total_images and out.exists()
-        if done and (samples_png is None or Path(samples_png).exists()):
-            return {"status": "finished", "images_seen": int(state["images_seen"]), "seconds": float(state["seconds"]),
-                    "out": str(out), "state": str(state_path)}  # fmt: skip
+    with WriterLock(state_dir, "train-teacher"):  # one writer per state folder; released on return or death
+        remove_orphaned_temps(state_dir)  # temporary files of saves a kill interrupted
+        loaded = load_state(state_path, STATE_FORMAT, who="train-teacher")
+        state = loaded[0] if loaded else None
+        if state is not None:
+            for key in RESULT_KEYS:
+                if state["settings"].get(key) != settings[key]:
+                    raise ValueError(
+                        f"{state_path}: saved '{key}' = {state['settings'].get(key)!r} differs from this run's "
+                        f"{settings[key]!r}; use another --state-dir or delete the state to start over"
+                    )
+            done = state["images_seen"] >= total_images and out.exists()
+            if done and (samples_png is None or Path(samples_png).exists()):
+                seen, spent = int(state["images_seen"]), float(state["seconds"])
+                return {"status": "finished", "images_seen": seen, "seconds": spent, "out": str(out),
+                        "state": str(state_path)}  # fmt: skip
 
-    ds = ImageDataset(dataset, preload=True)
-    torch.manual_seed(seed)
-    net = build_network(network)
-    ema = build_network(network)
-    ema.load_state_dict(net.state_dict())
-    ema.requires_grad_(False).eval()
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
-    generator = torch.Generator().manual_seed(seed)
-    images_seen, seconds = 0, 0.0
-    if state is not None:
-        net.load_state_dict(state["net"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        images_seen, seconds = int(state["images_seen"]), float(state["seconds"])
+        ds = ImageDataset(dataset, preload=True)
+        torch.manual_seed(seed)
+        net = build_network(network)
+        ema = build_network(network)
+        ema.load_state_dict(net.state_dict())
+        ema.requires_grad_(False).eval()
+        optimizer = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
+        generator = torch.Generator().manual_seed(seed)
+        images_seen, seconds = 0, 0.0
+        if state is not None:
+            net.load_state_dict(state["net"])
+            ema.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            images_seen, seconds = int(state["images_seen"]), float(state["seconds"])
 
-    def save_state():
-        atomic_torch_save(
-            {
-                "format": STATE_FORMAT,
-                "settings": settings,
-                "images_seen": images_seen,
-                "seconds": seconds,
-                "net": net.state_dict(),
-                "ema": ema.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-            },
-            state_path,
-        )
+        def save():
+            save_state(
+                {
+                    "format": STATE_FORMAT,
+                    "settings": settings,
+                    "images_seen": images_seen,
+                    "seconds": seconds,
+                    "net": net.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                },
+                state_path,
+            )
 
-    result = {"images_seen": images_seen, "out": str(out), "state": str(state_path)}
+        result = {"images_seen": images_seen, "out": str(out), "state": str(state_path)}
 
-    net.train()
-    stop_at = total_images if stop_after_images is None else min(total_images, images_seen + stop_after_images)
-    next_checkpoint = (images_seen // checkpoint_images + 1) * checkpoint_images
-    next_log = (images_seen // log_images + 1) * log_images
-    status = "finished"
-    bar = tqdm(total=total_images, initial=min(images_seen, total_images), unit="img", desc="train-teacher")
-    with bar, _StopSignal() as stop:  # also covers the final writes: a signal there waits for them
-        while images_seen < stop_at:
-            start = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = lr * min(1.0, (images_seen + batch) / max(lr_rampup_images, 1))
-            images, labels = ds.sample(batch, generator)
-            loss = edm_loss(net, images, labels if conditional else None, generator, p_mean, p_std).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for p in net.parameters():
-                if p.grad is not None:
-                    torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
-            optimizer.step()
-            images_seen += batch
-            beta = ema_beta(images_seen, batch, ema_halflife_images, ema_rampup_ratio)
-            with torch.no_grad():
-                for p_ema, p_net in zip(ema.parameters(), net.parameters()):
-                    p_ema.lerp_(p_net, 1 - beta)
-                for b_ema, b_net in zip(ema.buffers(), net.buffers()):
-                    b_ema.copy_(b_net)
-            seconds += time.perf_counter() - start
-            bar.update(batch)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if images_seen >= next_log or images_seen >= stop_at:
-                record = {"images_seen": images_seen, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}
-                append_jsonl({**record, "seconds": round(seconds, 3)}, state_dir / LOG_FILE)
-                next_log += log_images
-            if images_seen >= next_checkpoint:
-                save_state()
-                next_checkpoint += checkpoint_images
-            if stop.received is not None:
-                print(f"train-teacher: signal {stop.received}: saving the state; rerun to resume", file=sys.stderr)
+        net.train()
+        stop_at = total_images if stop_after_images is None else min(total_images, images_seen + stop_after_images)
+        next_checkpoint = (images_seen // checkpoint_images + 1) * checkpoint_images
+        next_log = (images_seen // log_images + 1) * log_images
+        status = "finished"
+        bar = tqdm(total=total_images, initial=min(images_seen, total_images), unit="img", desc="train-teacher")
+        with bar, StopFlag() as stop:  # also covers the final writes: a signal there waits for them
+            while images_seen < stop_at:
+                start = time.perf_counter()
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * min(1.0, (images_seen + batch) / max(lr_rampup_images, 1))
+                images, labels = ds.sample(batch, generator)
+                loss = edm_loss(net, images, labels if conditional else None, generator, p_mean, p_std).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                for p in net.parameters():
+                    if p.grad is not None:
+                        torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+                optimizer.step()
+                images_seen += batch
+                beta = ema_beta(images_seen, batch, ema_halflife_images, ema_rampup_ratio)
+                with torch.no_grad():
+                    for p_ema, p_net in zip(ema.parameters(), net.parameters()):
+                        p_ema.lerp_(p_net, 1 - beta)
+                    for b_ema, b_net in zip(ema.buffers(), net.buffers()):
+                        b_ema.copy_(b_net)
+                seconds += time.perf_counter() - start
+                bar.update(batch)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if images_seen >= next_log or images_seen >= stop_at:
+                    record = {"images_seen": images_seen, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}
+                    append_jsonl({**record, "seconds": round(seconds, 3)}, state_dir / LOG_FILE)
+                    next_log += log_images
+                if images_seen >= next_checkpoint:
+                    save()
+                    next_checkpoint += checkpoint_images
+                if stop.signum is not None:
+                    print(f"train-teacher: signal {stop.signum}: saving the state; rerun to resume", file=sys.stderr)
+                    status = "interrupted"
+                    break
+            save()
+            if status == "finished" and images_seen < total_images:
                 status = "interrupted"
-                break
-        save_state()
-        if status == "finished" and images_seen < total_images:
-            status = "interrupted"
-        result.update(images_seen=images_seen, seconds=seconds, status=status)
-        if status != "finished":
+            result.update(images_seen=images_seen, seconds=seconds, status=status)
+            if status != "finished":
+                return result
+
+            meta = {
+                "kind": "teacher",
+                "dataset": str(Path(dataset).resolve()),
+                "images_seen": images_seen,
+                "preset": preset_name,
+                "conditional": bool(conditional),
+                "seed": seed,
+                "train_seconds": round(seconds, 1),
+            }
+            save_network(out, ema, meta=meta)
+            if samples_png is not None:
+                nrow = ema.label_dim if 2 <= ema.label_dim <= 16 else 8  # conditional: one class per column
+                save_grid(sample_teacher(ema, num_samples, seed=seed), samples_png, nrow=nrow)
             return result
-
-        meta = {
-            "kind": "teacher",
-            "dataset": str(Path(dataset).resolve()),
-            "images_seen": images_seen,
-            "preset": preset_name,
-            "conditional": bool(conditional),
-            "seed": seed,
-            "train_seconds": round(seconds, 1),
-        }
-        save_network(out, ema, meta=meta)
-        if samples_png is not None:
-            nrow = ema.label_dim if 2 <= ema.label_dim <= 16 else 8  # conditional: one class per column
-            save_grid(sample_teacher(ema, num_samples, seed=seed), samples_png, nrow=nrow)
-        return result
-
-
-def _read_state(path: Path) -> dict[str, Any]:
-    try:
-        state = load_torch_file(path, "cpu", "teacher training state")
-    except Exception as e:  # a truncated or foreign file
-        raise ValueError(f"{path}: not a readable teacher training state ({e}); delete it to start over") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path}: not a teacher training state (format {STATE_FORMAT!r} expected)")
-    return state
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -20,9 +20,7 @@ import argparse
 import copy
 import math
 import resource
-import signal
 import sys
-import threading
 import time
 from collections import defaultdict
 from contextlib import nullcontext
@@ -38,9 +36,11 @@ from eldistill.distillers import Phase, SampleNoise, build_distiller
 from eldistill.distillers.base import set_dropout
 from eldistill.generator import one_step
 from eldistill.global_el import CachedEL, cache_gradients, replayed_rng
-from eldistill.io import append_jsonl, atomic_torch_save, atomic_write_bytes, atomic_write_json, read_jsonl
+from eldistill.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl, remove_orphaned_temps
+from eldistill.lock import LockedError, WriterLock
 from eldistill.nets.edm2 import defer_forced_normalization, force_normalize_
-from eldistill.untrusted.torch_files import load_torch_file
+from eldistill.statefile import load_state, save_state
+from eldistill.stopsignal import StopFlag
 
 EXIT_REQUEUE = 3  # stopped by SIGTERM/SIGUSR1 after saving: requeue me
 STATE_FILE = "training-state.pt"
@@ -171,31 +171,10 @@ def memory_mb(device: torch.device) -> dict[str, float]:
     return out
 
 
-class SignalFlag:
-    """Remembers a SIGTERM/SIGUSR1 so the loop can finish the step, save and exit."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGTERM, signal.SIGUSR1):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, old in self._old.items():
-            signal.signal(s, old)
-
-
 # --- the loop ----------------------------------------------------------------------------------------------
 class Trainer:
     def __init__(self, cell: Cell, info: dist.DistInfo):
-        from eldistill.checkpoints import load_network
+        from eldistill.checkpoints import load_network, require_kind
         from eldistill.data import open_dataset
 
         self.cell, self.info, self.device = cell, info, info.device
@@ -205,11 +184,13 @@ class Trainer:
         self.rounds = self.batch_local // self.batch_gpu
 
         teacher, teacher_meta = load_network(cell.teacher)
+        require_kind(cell.teacher, teacher_meta, "teacher", "teacher")
         teacher = teacher.to(self.device)  # the distiller's copies are made on the device
         self.encoder = teacher_meta.get("encoder")  # an EDM2 teacher's latent scale/bias (None for pixel teachers)
         init = None
         if cell.init_generator:
             init, init_meta = load_network(cell.init_generator)
+            require_kind(cell.init_generator, init_meta, "generator", "init_generator")
             init = init.to(self.device)
         if cell.dropout is not None:  # the references build teacher and copies with the run's --dropout
             for net in (teacher, init):
@@ -312,19 +293,15 @@ class Trainer:
 
     def save_state(self) -> None:
         if self.info.is_main:
-            atomic_torch_save(self.state_dict(), self.state_dir / STATE_FILE)
+            save_state(self.state_dict(), self.state_dir / STATE_FILE)  # digest, verified, previous state kept
         dist.barrier(self.world)
 
     def try_resume(self) -> bool:
         path = self.state_dir / STATE_FILE
-        if not path.exists():
+        loaded = load_state(path, STATE_FORMAT)  # the newest intact state (a damaged one is reported, set aside)
+        if loaded is None:
             return False
-        try:
-            state = load_torch_file(path, self.device, "training state")
-        except Exception as e:
-            raise ValueError(f"{path}: unreadable training state ({e}); delete it to start over") from None
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise ValueError(f"{path}: not an eldistill training state")
+        state, path = loaded
         if state["cell_id"] != self.cell.cell_id:
             raise ValueError(f"{path}: holds the state of cell {state['cell_id']}, not {self.cell.cell_id}")
         for k, v in self.nets.items():
@@ -366,12 +343,38 @@ class Trainer:
             **({"encoder": self.encoder} if self.encoder else {}),  # evaluate decodes latents with it
         }
 
+    def snapshot_path(self, images: int) -> Path:
+        return self.state_dir / "snapshots" / f"generator-{images:010d}.pt"
+
     def save_snapshot(self) -> None:
         from eldistill.checkpoints import save_network
 
         if self.info.is_main:
-            path = self.state_dir / "snapshots" / f"generator-{self.images_seen:010d}.pt"
-            save_network(path, self.ema, meta=self.generator_meta())
+            save_network(self.snapshot_path(self.images_seen), self.ema, meta=self.generator_meta())  # verified
+
+    def check_files(self) -> None:
+        """At start (main process, under the lock): delete the temporary files of interrupted saves; check every
+        snapshot, rewriting a damaged one from the state when the state is at its images, else moving it aside
+        (`.damaged`), so that evaluation never meets a truncated snapshot."""
+        from eldistill.checkpoints import read_network_file
+
+        snapshots = self.state_dir / "snapshots"
+        removed = remove_orphaned_temps(self.state_dir) + remove_orphaned_temps(snapshots)
+        removed += remove_orphaned_temps(self.run_dir, ["config.json", "metrics.jsonl", "generator.pt"])
+        if removed:
+            print(f"train: removed {len(removed)} temporary file(s) of interrupted saves", file=sys.stderr)
+        for path in sorted(snapshots.glob("generator-*.pt")):
+            try:
+                read_network_file(path)
+                continue
+            except ValueError as e:
+                fault = str(e)
+            if path == self.snapshot_path(self.images_seen):
+                self.save_snapshot()
+                print(f"train: {fault}; rewrote it from the training state", file=sys.stderr)
+            else:
+                path.replace(path.with_name(path.name + ".damaged"))
+                print(f"train: {fault}; moved it to {path.name}.damaged (no state to rewrite it from)", file=sys.stderr)
 
     # --- one iteration -----------------------------------------------------------------------------------
     def one_hot(self, labels: torch.Tensor) -> torch.Tensor:
@@ -564,13 +567,14 @@ class Trainer:
     def crossed(self, every: int, before: int) -> bool:
         return every > 0 and self.images_seen // every > before // every
 
-    def run(self, stop: SignalFlag, until_images: int | None = None) -> dict:
+    def run(self, stop: StopFlag, until_images: int | None = None) -> dict:
         """Train to cell.total_images, or only to `until_images` (a segment of a long cell: the state is saved
         and the next segment resumes it; no generator.pt until the last)."""
         cell, main = self.cell, self.info.is_main
         stop_at = cell.total_images if until_images is None else min(until_images, cell.total_images)
         resumed = self.try_resume()
         if main:
+            self.check_files()
             atomic_write_json(cell.to_dict(), self.run_dir / "config.json")
             if not resumed and (self.run_dir / "metrics.jsonl").exists():
                 (self.run_dir / "metrics.jsonl").unlink()  # a stale log from a run whose state was deleted
@@ -587,6 +591,9 @@ class Trainer:
         last = (read_jsonl(log_path) or [{}])[-1] if resumed and log_path.exists() else {}
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        if dist.any_process(stop.signum is not None, self.device, self.world):
+            bar.close()  # stopped while starting up: the saved state is still the newest
+            raise StopRequested(f"train: stopped by signal before the first step; state in {self.state_dir} unchanged")
         while self.images_seen < stop_at:
             before = self.images_seen
             for k, v in self.iteration().items():
@@ -632,7 +639,7 @@ class Trainer:
         if main:
             from eldistill.checkpoints import save_network
 
-            if not (self.state_dir / "snapshots" / f"generator-{self.images_seen:010d}.pt").exists():
+            if not self.snapshot_path(self.images_seen).exists():
                 self.save_snapshot()
             save_network(self.run_dir / "generator.pt", self.ema, meta=self.generator_meta())
         dist.barrier(self.world)
@@ -649,17 +656,36 @@ def train(cell: Cell, device: str | None = None, until_images: int | None = None
     """Run one cell to the end, or to `until_images` (one segment), resuming from its state if any, and return the
     last log record.
     Raises StopRequested after saving when SIGTERM/SIGUSR1 arrived, NonFiniteError past the NaN limit."""
-    info = dist.setup(device=device)
-    try:
-        cell.validate(where=f"cell {cell.cell_id}", world_size=info.world_size, check_files=True)
-        for key in ("run_dir", "state_dir"):
-            if not getattr(cell, key):
-                raise ValueError(f"cell {cell.cell_id}: '{key}' must be set to train")
-        with SignalFlag() as stop:
-            trainer = Trainer(cell, info)
+    with StopFlag() as stop:  # shares the CLI's flag: a signal during the imports counts
+        info = dist.setup(device=device)
+        lock = None
+        try:
+            cell.validate(where=f"cell {cell.cell_id}", world_size=info.world_size, check_files=True)
+            for key in ("run_dir", "state_dir"):
+                if not getattr(cell, key):
+                    raise ValueError(f"cell {cell.cell_id}: '{key}' must be set to train")
+            if dist.any_process(stop.signum is not None, info.device, info.world_size):
+                raise StopRequested(f"train: stopped by signal {stop.signum} while starting; nothing new to save")
+            trainer = Trainer(cell, info)  # checks every input; writes nothing
+            lock = _lock_state_dir(cell, info)
             return trainer.run(stop, until_images)
-    finally:
-        dist.shutdown()
+        finally:
+            if lock is not None:
+                lock.release()
+            dist.shutdown()
+
+
+def _lock_state_dir(cell: Cell, info: dist.DistInfo) -> WriterLock | None:
+    """The main process locks state_dir (one writer per cell); every process learns whether it could."""
+    lock, refused = None, None
+    if info.is_main:
+        try:
+            lock = WriterLock(cell.state_dir, f"training of cell {cell.cell_id}").acquire()
+        except LockedError as e:
+            refused = e
+    if dist.any_process(refused is not None, info.device, info.world_size):
+        raise refused or LockedError(f"cell {cell.cell_id}: the main process could not lock {cell.state_dir}")
+    return lock
 
 
 # --- CLI ---------------------------------------------------------------------------------------------------
@@ -688,7 +714,7 @@ def run(args: argparse.Namespace) -> int:
     except StopRequested as e:
         print(e, file=sys.stderr)
         return EXIT_REQUEUE
-    except (ValueError, NonFiniteError) as e:
+    except (ValueError, NonFiniteError, LockedError, OSError) as e:  # OSError: e.g. the disk is full
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

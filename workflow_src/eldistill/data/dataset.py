@@ -19,6 +19,10 @@ import PIL.Image
 import torch
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+# Class indices run from 0 to label_dim - 1 and one-hot vectors (and classifier heads) have label_dim entries,
+# so one stray huge index would make every label vector huge. The largest public label sets have ~22 k classes
+# (ImageNet-21k); an index beyond this is a damaged or foreign dataset.json.
+MAX_CLASSES = 100_000
 
 
 class DatasetError(ValueError):
@@ -115,18 +119,21 @@ class ImageDataset:
         if labels is None:
             return None
         try:
-            table = {str(fname).replace("\\", "/"): int(label) for fname, label in labels}
+            table = {str(fname).replace("\\", "/"): label for fname, label in labels}
         except (TypeError, ValueError):
             raise DatasetError(f"{self.path}:dataset.json: 'labels' must be a list of [filename, int] pairs") from None
+        for fname, label in table.items():
+            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < MAX_CLASSES:
+                raise DatasetError(
+                    f"{self.path}:dataset.json: the label of {fname} is {label!r}; a label is a class index, an "
+                    f"integer in [0, {MAX_CLASSES})"
+                )
         missing = [n for n in self._names if n not in table]
         if missing:
             raise DatasetError(
                 f"{self.path}:dataset.json: no label for {missing[0]} ({len(missing)} images unlabelled)"
             )
-        out = np.array([table[n] for n in self._names], dtype=np.int64)
-        if out.min() < 0:
-            raise DatasetError(f"{self.path}:dataset.json: 'labels' has a negative class index {out.min()}")
-        return out
+        return np.array([table[n] for n in self._names], dtype=np.int64)
 
     def _decode(self, index: int) -> torch.Tensor:
         data = self._read_bytes(self._names[index])

@@ -9,6 +9,7 @@ adds to the generator phase of every distiller the same way.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -113,6 +114,10 @@ def resolve_args(name: str, defaults: dict[str, Any], overrides: dict[str, Any])
             f"distiller_args: unknown key(s) {', '.join(unknown)} for distiller {name!r}; "
             f"known: {', '.join(sorted(defaults))}"
         )
+    for key, value in overrides.items():
+        wanted = _same_type(defaults[key], value)
+        if wanted:
+            raise ValueError(f"distiller_args: '{key}' of distiller {name!r} must be {wanted}, got {value!r}")
     return {**defaults, **overrides}
 
 
@@ -139,6 +144,24 @@ def same_dropout(device: torch.device, *calls):
             torch.cuda.set_rng_state(state, device) if cuda else torch.set_rng_state(state)
         outputs.append(call())
     return outputs
+
+
+def _same_type(default: Any, value: Any) -> str | None:
+    """None when an override has the type of the default it replaces, else what was expected (in words)."""
+    if default is None:
+        return None  # "unset" defaults take any value; the distiller checks it
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, int):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if isinstance(default, float):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if number and math.isfinite(value) else "a finite number"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "a string"
+    if isinstance(default, (list, tuple)):
+        return None if isinstance(value, (list, tuple)) else "a list"
+    return None
 
 
 def fresh_copy(net: nn.Module) -> nn.Module:

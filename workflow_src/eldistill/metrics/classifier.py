@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from eldistill.integrity import check_digest, with_digest
 from eldistill.io import atomic_torch_save
 from eldistill.metrics.protocols import file_digest
 from eldistill.untrusted.torch_files import load_torch_file
@@ -83,6 +84,13 @@ def train_classifier(
     if ds.label_dim < 2:
         raise ValueError(f"{dataset}: the classifier needs class labels (dataset.json 'labels' with >= 2 classes)")
     images, labels = ds.load_all(), ds.labels
+    empty = sorted(set(range(ds.label_dim)) - set(labels.tolist()))
+    if empty:  # a stray index (e.g. 500 among digits 0-9) would add hundreds of classes that no image has
+        shown = ", ".join(map(str, empty[:5])) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise ValueError(
+            f"{dataset}: dataset.json labels go up to {ds.label_dim - 1} but classes {shown} have no image; "
+            f"class indices must be 0..K-1"
+        )
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(images), generator=gen)
     num_test = max(1, round(holdout * len(images)))
@@ -122,7 +130,8 @@ def train_classifier(
         "seed": seed,
     }
     model.eval()
-    atomic_torch_save({"format": FORMAT, "config": model.config, "state_dict": model.state_dict(), "meta": meta}, out)
+    record = {"format": FORMAT, "config": model.config, "state_dict": model.state_dict(), "meta": meta}
+    atomic_torch_save(with_digest(record), out)
     return meta
 
 
@@ -136,6 +145,7 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> tuple[MiniCl
         raise ValueError(f"{path}: not a readable classifier checkpoint ({e})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path}: not an {FORMAT} checkpoint (made by `eldistill train-classifier`)")
+    check_digest(data, str(path))
     model = MiniClassifier(**data["config"])
     model.load_state_dict(data["state_dict"])
     return model.eval(), data["meta"]

@@ -43,6 +43,10 @@ AGGREGATIONS = ("final", "min-of-3-seeds", "best-snapshot")
 GRID_SEEDS = range(64)  # samples.png: an 8x8 grid of the same seeds for every run
 
 
+class UnreadableCheckpoint(ValueError):
+    """A checkpoint that cannot be loaded (truncated, damaged, foreign); the message names it."""
+
+
 def load_generator(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
     from eldistill.checkpoints import load_network
 
@@ -159,9 +163,11 @@ def _cell_id(run_dir: Path, meta: dict) -> str:
     config = run_dir / "config.json"
     if config.is_file():
         try:
-            return str(json.loads(config.read_text()).get("cell_id") or run_dir.name)
+            data = json.loads(config.read_text())
         except json.JSONDecodeError:
-            pass
+            data = None
+        if isinstance(data, dict) and data.get("cell_id"):
+            return str(data["cell_id"])
     return run_dir.name
 
 
@@ -236,7 +242,10 @@ def evaluate_run(
         key = (str(path), digest, seed_string(seeds))
         if key in done and (not with_inception_score or "is_mean" in done[key]):
             return done[key]
-        net, meta = load_generator(path, device)
+        try:
+            net, meta = load_generator(path, device)
+        except ValueError as e:
+            raise UnreadableCheckpoint(str(e)) from None
         codec = codec_for(net, meta)
         fnet.check_images(3 if codec is not None else net.img_channels, net.img_resolution)
         probs = [] if with_inception_score else None
@@ -268,8 +277,12 @@ def evaluate_run(
         return record
 
     first = range(0, num_samples)
-    for path in snapshot_paths:
-        evaluate(path, first)
+    for path in list(snapshot_paths):
+        try:
+            evaluate(path, first)
+        except UnreadableCheckpoint as e:  # one damaged snapshot must not block the cell's number
+            print(f"warning: skipping a snapshot that cannot be read: {e}", file=sys.stderr)
+            snapshot_paths.remove(path)
     final = evaluate(final_path, first)
     if aggregation == "min-of-3-seeds":
         runs = [final] + [evaluate(final_path, range(k * num_samples, (k + 1) * num_samples)) for k in (1, 2)]

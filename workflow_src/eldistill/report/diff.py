@@ -112,9 +112,10 @@ def read_reported(path: str | Path) -> pd.DataFrame:
         where = f"{path}: row {i + 2} ({row['key']})"
         if row["value"].strip():
             try:
-                float(row["value"])
+                value = float(row["value"])
             except ValueError:
                 raise ValueError(f"{where}: column 'value' is not a number: {row['value']!r}") from None
+            check_value(value, row["metric"], f"{where}: column 'value'")
         if row["key"].startswith("claim/"):
             keys.append(row["key"])
             continue
@@ -127,6 +128,14 @@ def read_reported(path: str | Path) -> pd.DataFrame:
         )
     df["match_key"] = keys
     return df
+
+
+def check_value(value: float, metric: str, where: str) -> None:
+    """Refuse a number no measurement gives: NaN/inf, or a negative FID (a squared distance)."""
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: {value!r} is not a finite number")
+    if str(metric).startswith("fid") and value < 0:
+        raise ValueError(f"{where}: {metric} = {value!r} is impossible (an FID is a squared distance, >= 0)")
 
 
 def _decimals(text: str) -> int:
@@ -166,6 +175,12 @@ def our_rows(tables_dir: str | Path) -> pd.DataFrame:
             "conditional": cells.get("conditional"),
         }
     ).reset_index(drop=True)
+    for _, o in ours[ours["value"].notna()].iterrows():  # NaN = no number (its status says why)
+        value = pd.to_numeric(o["value"], errors="coerce")
+        where = f"{tables_dir / 'cells.csv'}: cell {o['cell_id']}, column 'fid'"
+        if pd.isna(value):
+            raise ValueError(f"{where}: {o['value']!r} is not a number")
+        check_value(float(value), "fid", where)
     claims_path = tables_dir / "claims.csv"
     if claims_path.is_file():
         claims = read_csv(claims_path, ("key", "metric", "value", "protocol"), "claims table")

@@ -176,6 +176,8 @@ def read_cell(run_dir: Path, cell_id: str, planned_protocol: str) -> tuple[dict,
             raise ValueError(f"{config_path}: not valid JSON ({e})") from None
     fid_path = run_dir / "fid.jsonl"
     records = read_jsonl(fid_path) if fid_path.is_file() else []
+    for i, record in enumerate(records):
+        check_record(record, f"{fid_path}: record {i + 1}")
     if any(r.get("cell_id") not in (None, cell_id) for r in records):
         out["status"] = "cell_id_mismatch"
         return out, []
@@ -204,6 +206,27 @@ def read_cell(run_dir: Path, cell_id: str, planned_protocol: str) -> tuple[dict,
             out["images_seen"] = _float(last[0].get("images_seen"))
             out["iterations"] = _float(last[0].get("iterations"))
     return out, records
+
+
+# What a number of a fid.jsonl record can physically be: FID is a squared distance (>= 0; NaN or inf marks a
+# collapsed generator), the Inception Score exp(E KL) >= 1, counts are whole and non-negative.
+def check_record(record, where: str) -> None:
+    """Refuse a fid.jsonl record whose numbers no evaluation can produce (hand-edited or damaged); the message
+    names the file, the record and the key."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for key, low, what in (("fid", 0.0, "an FID (a squared distance)"), ("is_mean", 1.0, "an Inception Score")):
+        if key not in record or record[key] is None:
+            continue
+        value = record[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: '{key}' = {value!r} is not a number")
+        if not math.isnan(value) and value < low:
+            raise ValueError(f"{where}: '{key}' = {value!r} is impossible for {what}, which is >= {low:g}")
+    for key in ("num_samples", "images_seen", "iterations"):
+        value = record.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError(f"{where}: '{key}' = {value!r} must be a non-negative integer")
 
 
 def _first_per_checkpoint(records: list[dict]) -> list[dict]:
