@@ -682,7 +682,7 @@ def run(args) -> int:
         return 2
     if args.plan:
         write_plan_csv(plan_table(result), args.plan)
-    rounded = [r for r in result.rows if r["total_images_asked"] != r["total_images"]]
+    rounded = [r for r in result.rows if r.get("total_images_asked", r["total_images"]) != r["total_images"]]
     if rounded:
         r = rounded[0]
         print(
