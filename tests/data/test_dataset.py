@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 
 import numpy as np
@@ -145,3 +146,15 @@ def test_null_labels_mean_unlabelled(tmp_path):
         zf.writestr("a.png", _png(_images(1)[0]))
         zf.writestr("dataset.json", json.dumps({"labels": None}))
     assert ImageDataset(path).label_dim == 0
+
+
+@pytest.mark.parametrize("label", [2**35, -1, 1.5, "3", True])
+def test_a_label_that_is_no_class_index_is_named(tmp_path, label):
+    """A label of 2**35 used to make label_dim 2**35 + 1 (train-classifier then tried to allocate 256 GB)."""
+    path = tmp_path / "d.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("a.png", _png(_images(1)[0]))
+        zf.writestr("b.png", _png(_images(1)[0]))
+        zf.writestr("dataset.json", json.dumps({"labels": [["a.png", 0], ["b.png", label]]}))
+    with pytest.raises(DatasetError, match=re.escape(f"the label of b.png is {label!r}; a label is a class index")):
+        ImageDataset(path)

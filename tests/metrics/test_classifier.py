@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -41,3 +44,21 @@ def test_unlabelled_dataset_and_foreign_file_refused(tmp_path):
     torch.save({"format": "something-else"}, tmp_path / "foreign.pt")
     with pytest.raises(ValueError, match="foreign.pt: not an eldistill-classifier-v1"):
         load_classifier(tmp_path / "foreign.pt")
+
+
+def test_labels_with_classes_no_image_has_are_refused(tmp_path):
+    """One stray index among digits (500) would train a 501-way classifier on ten classes."""
+    path = tmp_path / "stray.zip"
+    labels = []
+    with zipfile.ZipFile(path, "w") as z:
+        for i in range(4):
+            buffer = io.BytesIO()
+            Image.fromarray(np.full((16, 16), i * 60, np.uint8)).save(buffer, format="PNG")
+            z.writestr(f"img{i}.png", buffer.getvalue())
+            labels.append([f"img{i}.png", [0, 1, 1, 500][i]])
+        z.writestr("dataset.json", json.dumps({"labels": labels}))
+    with pytest.raises(ValueError, match="labels go up to 500 but classes 2, 3, 4, 5, 6 and 493 more have no image"):
+        train_classifier(path, tmp_path / "c.pt", epochs=1)
+    args = ["train-classifier", "--dataset", str(path), "--out", str(tmp_path / "c")]
+    out = subprocess.run([sys.executable, "-m", "eldistill.cli", *args], capture_output=True, text=True)
+    assert out.returncode != 0 and "Traceback" not in out.stderr and "have no image" in out.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,3 +212,21 @@ def test_classifier_score_separates_digits_from_untrained_output(run, real, clas
     real_is, _ = inception_score(features.probs(real[:1000].repeat(1, 3, 1, 1).to(torch.float32)).numpy())
     # measured once: real 5.2 (4-epoch classifier), untrained 1.005
     assert real_is > 4.0 and final["is_mean"] < 1.5, (real_is, final["is_mean"])
+
+
+def test_a_damaged_snapshot_is_skipped_not_blocking_the_cell(run, classifier, mini_reference, capsys):
+    """A truncated snapshot used to make `evaluate` fail for the whole cell."""
+    run_dir, state, _ = run
+    damaged = state / "snapshots" / "generator-0000000640.pt"
+    damaged.write_bytes(damaged.read_bytes()[:500])
+    final = ev.evaluate_run(run_dir, MINI, mini_reference, state_dir=state, feature_net=classifier[0],
+                            num_samples=64, aggregation="best-snapshot", batch_size=64)  # fmt: skip
+    assert "skipping a snapshot that cannot be read" in capsys.readouterr().err
+    records = read_jsonl(run_dir / "fid.jsonl")
+    assert [r["kind"] for r in records] == ["snapshot", "snapshot", "final"]
+    assert [Path(r["checkpoint"]).name for r in records[:2]] == ["generator-0000001280.pt", "generator.pt"]
+    assert final["num_checkpoints_compared"] == 2
+    damaged.unlink()
+    (run_dir / "generator.pt").write_bytes(b"")  # the cell's own generator is no snapshot: still an error
+    with pytest.raises(ValueError, match="generator.pt"):
+        ev.evaluate_run(run_dir, MINI, mini_reference, feature_net=classifier[0], num_samples=64, batch_size=64)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -206,3 +208,22 @@ def test_rewritten_checkpoint_counts_with_its_current_content_only():
     ]
     kept = _first_per_checkpoint(recs)
     assert [(r["checkpoint"], r["fid"]) for r in kept] == [("s2.pt", 5.0), ("s1.pt", 9.0), ("g.pt", 8.0)]
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"fid": -3.2}, "record 1: 'fid' = -3.2 is impossible for an FID (a squared distance), which is >= 0"),
+        ({"fid": "2.5"}, "record 1: 'fid' = '2.5' is not a number"),
+        ({"fid": 2.0, "is_mean": 0.4}, "record 1: 'is_mean' = 0.4 is impossible for an Inception Score"),
+        ({"fid": 2.0, "num_samples": -50}, "record 1: 'num_samples' = -50 must be a non-negative integer"),
+    ],
+)
+def test_impossible_numbers_in_fid_jsonl_are_refused_by_name(tmp_path, record, message):
+    """A negative FID used to become status ok (and then BETTER in the diff)."""
+    run = tmp_path / "c1"
+    run.mkdir()
+    line = {"kind": "final", "protocol": "p", "cell_id": "c1", **record}
+    (run / "fid.jsonl").write_text(json.dumps(line) + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"{run / 'fid.jsonl'}: {message}")):
+        read_cell(run, "c1", "p")
