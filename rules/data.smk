@@ -31,6 +31,24 @@ DOWNLOADED_SOURCES = {
 }
 
 
+# EDM2 latent datasets (channels 4) are prepared by encoding the images with the VAE: a GPU job of its own
+ENCODED = {path for path, n in PREPARED.items() if CFG["datasets"][n]["channels"] == 4}
+
+
+def encode_arguments(wildcards):
+    """The prepare-dataset arguments of a latent dataset: its image source, transform and VAE folder."""
+    dataset = CFG["datasets"][PREPARED[wildcards.prepared]]
+    prepare = dataset["prepare"]
+    args = [
+        f"--source {prepare['source']} --input {data_root_path(prepare['input'])}",
+        f"--resolution {dataset['resolution']} --transform {prepare['transform']}",
+        f"--vae {data_root_path(dataset['vae'])} --device {'cuda' if ON_GPU else 'cpu'}",
+    ]
+    if prepare["max_images"]:
+        args.append(f"--max-images {prepare['max_images']}")
+    return " ".join(args)
+
+
 def external_dataset(wildcards):
     """The prepared file, when it exists or a rule makes it; else nothing, and the link job names what is missing."""
     path = external_dataset_path(wildcards.dataset)
@@ -90,7 +108,7 @@ rule prepare_dataset:
     log:
         f"{LOGS}/prepare_dataset/{{prepared}}.log",
     wildcard_constraints:
-        prepared=one_of(PREPARED),
+        prepared=one_of(set(PREPARED) - ENCODED),
     threads: 1
     resources:
         runtime=lambda wc, attempt: 720 * attempt,  # ImageNet: 1.28 M images decoded and resized on one core
@@ -112,6 +130,28 @@ rule prepare_dataset:
     shell:
         "eldistill prepare-dataset --source {params.source} --input {params.input} --out {output}"
         " --resolution {params.resolution} --transform {params.transform} {params.max_images} > {log} 2>&1"
+
+
+rule encode_latent_dataset:
+    input:
+        prepare_source,
+    output:
+        "{prepared}",
+    log:
+        f"{LOGS}/encode_latent_dataset/{{prepared}}.log",
+    wildcard_constraints:
+        prepared=one_of(ENCODED),
+    threads: 4
+    resources:
+        gpu=1 if ON_GPU else 0,
+        tasks_per_gpu=0,
+        cpus_per_task=0,  # lets the profile's cpus_per_gpu reach sbatch (rules/distill.smk)
+        runtime=lambda wc, attempt: retry_runtime(1440, attempt, MAX_RUNTIME),  # 1.28 M images through the VAE
+        mem_mb=32000,
+    params:
+        args=encode_arguments,
+    shell:
+        "OMP_NUM_THREADS={threads} eldistill prepare-dataset {params.args} --out {output} > {log} 2>&1"
 
 
 rule link_dataset:

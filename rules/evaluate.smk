@@ -71,6 +71,18 @@ def evaluate_inputs(wildcards):
     }
 
 
+def latent_arguments(wildcards):
+    """A latent (EDM2) cell's generators are decoded with its dataset's VAE folder before the detector."""
+    dataset = CFG["datasets"][cell_of(wildcards).labels["dataset"]]
+    return f"--vae {data_root_path(dataset['vae'])}" if dataset.get("vae") else ""
+
+
+def evaluate_runtime(wildcards, attempt):
+    """Minutes: decoding 3 x 50k latents (and each snapshot's 50k) at 512x512 with the VAE takes hours."""
+    latent = CFG["datasets"][cell_of(wildcards).labels["dataset"]].get("vae")
+    return retry_runtime(720 if latent else 120 if ON_GPU else 30, attempt, MAX_RUNTIME)
+
+
 rule evaluate:
     input:
         unpack(evaluate_inputs),
@@ -84,7 +96,7 @@ rule evaluate:
         gpu=1 if ON_GPU else 0,
         tasks_per_gpu=0,
         cpus_per_task=0,  # lets the profile's cpus_per_gpu reach sbatch (rules/distill.smk)
-        runtime=lambda wc, attempt: (120 if ON_GPU else 30) * attempt,
+        runtime=evaluate_runtime,
         mem_mb=lambda wc, attempt: (32000 if ON_GPU else 4000) * attempt,
     params:
         run=lambda wc: f"{RESULTS}/runs/{wc.cell}",
@@ -93,10 +105,11 @@ rule evaluate:
         num_samples=PROTOCOL["num_samples"],
         aggregation=PROTOCOL["aggregation"],
         snapshots=lambda wc: "--snapshots" if cell_of(wc).snapshot_images > 0 else "",
+        latent=latent_arguments,
     shell:
         "OMP_NUM_THREADS={threads} eldistill evaluate --run {params.run}"
         " --state-dir {params.state} --protocol {params.protocol} --reference {input.reference}"
         " --feature-net {input.feature_net} --num-samples {params.num_samples} --aggregation {params.aggregation}"
-        " {params.snapshots} --device "
+        " {params.snapshots} {params.latent} --device "
         + ("cuda" if ON_GPU else "cpu")
         + " > {log} 2>&1"

@@ -129,3 +129,24 @@ def test_two_el_iterations_on_latents(latent, tmp_path, distiller):
     assert moved
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss/generator"]) for r in log)
+
+
+def test_el_on_decoded_pixels(latent, tmp_path):
+    """el.space = pixels: EL compares VAE-decoded images (3 channels), with the generator's gradient flowing
+    through the decoder; a missing VAE folder is refused before training."""
+    mean, std = latent.random_records(8, 8)
+    data = latent.write_latent_zip(tmp_path / "l.zip", mean, std, labels=[i % 3 for i in range(8)])
+    teacher = latent.save_tiny_edm2_teacher(tmp_path / "teacher.pt")
+    vae = latent.tiny_vae(tmp_path / "vae")
+    el = {"weight": 1.0, "archs": ["cnn"], "inits_per_arch": 2, "working_size": 16, "space": "pixels"}
+    base = {"distiller": "sid", "teacher": str(teacher), "dataset": str(data), "batch": 4, "total_images": 8,
+            "lr": 1e-3, "run_dir": str(tmp_path / "run"), "state_dir": str(tmp_path / "state")}  # fmt: skip
+    with pytest.raises(ValueError, match="el.vae"):
+        Cell.from_dict({**base, "el": el})  # pixels without a VAE
+    cell = Cell.from_dict({**base, "el": {**el, "vae": str(tmp_path / "no-vae")}})
+    with pytest.raises(ValueError, match="not a diffusers VAE folder"):
+        train(cell, device="cpu")
+    cell = Cell.from_dict({**base, "el": {**el, "vae": str(vae)}})
+    assert cell.cell_id != Cell.from_dict({**base, "el": {**el, "space": "model"}}).cell_id
+    last = train(cell, device="cpu")
+    assert last["iteration"] == 2 and np.isfinite(last["el"]) and last["el"] != 0

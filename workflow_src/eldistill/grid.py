@@ -349,6 +349,11 @@ def _check_references(config: dict[str, Any]) -> None:
             raise ConfigError(f"config: datasets.{name}: give either make or path, not both")
         if "prepare" in dataset and "path" not in dataset:
             raise ConfigError(f"config: datasets.{name}.prepare: needs datasets.{name}.path (the file it writes)")
+        if dataset["channels"] == 4 and "path" in dataset and not dataset.get("vae"):
+            raise ConfigError(
+                f"config: datasets.{name}.vae: a latent dataset (channels 4) needs the VAE folder that decodes "
+                "its generators' latents for FID (a local copy of stabilityai/sd-vae-ft-mse)"
+            )
     for name, teacher in teachers.items():
         if teacher["dataset"] not in datasets:
             raise _unknown("dataset", f"teachers.{name}.dataset", teacher["dataset"], datasets)
