@@ -4,6 +4,8 @@ from pathlib import Path
 
 from eldistill.checkpoints import convert_teacher as _convert_teacher
 from eldistill.data import open_dataset
+from eldistill.statefile import read_state
+from eldistill.train import STATE_FORMAT
 
 
 def convert_teacher(path: str):
@@ -14,3 +16,8 @@ def convert_teacher(path: str):
 def first_dataset_item(path: str):
     """What training reads first from a dataset zip (a latent record for EDM2's latent layout)."""
     return open_dataset(path)[0]
+
+
+def read_training_state(path: str):
+    """What `eldistill train` and `train-teacher` resume from (statefile.read_state)."""
+    return read_state(path, STATE_FORMAT)

@@ -20,12 +20,12 @@ LOADERS = {
     "reference": "eldistill.metrics.protocols:load_reference",
     "load_network": "eldistill.checkpoints:load_network",
     "load_classifier": "eldistill.metrics.classifier:load_classifier",
-    "teacher state": "eldistill.teacher:_read_state",
+    "training state": "confined_loaders:read_training_state",
     "teacher_shape": "eldistill.launch:teacher_shape",
     "load_torch_file": "eldistill.untrusted.torch_files:load_torch_file",
     "dataset": "confined_loaders:first_dataset_item",
 }
-TORCH_LOADERS = ["load_network", "load_classifier", "teacher state", "teacher_shape", "load_torch_file"]
+TORCH_LOADERS = ["load_network", "load_classifier", "training state", "teacher_shape", "load_torch_file"]
 
 
 def _cases():
