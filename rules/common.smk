@@ -5,6 +5,7 @@ from pathlib import Path
 
 import yaml
 
+from eldistill.cell import LPIPS_FILES
 from eldistill.grid import ConfigError, budget_text, build_grid, merge
 from eldistill.report.common import CONVERGENCE_PAIRS
 from eldistill.resources import retry_runtime, segment_images
@@ -115,6 +116,9 @@ def cell_inputs(wildcards):
     inputs = {"teacher": cell.teacher, "dataset": cell.dataset}
     if cell.init_generator:
         inputs["init"] = cell.init_generator
+    # CM's / DMD1's LPIPS distance reads these weights (rule download_lpips)
+    if cell.lpips:
+        inputs["lpips"] = [f"{cell.lpips}/{name}" for name in LPIPS_FILES]
     return inputs
 
 

@@ -10,6 +10,30 @@ MULTI_NODE = [c for c in CELL_IDS if GRID.plans[c]["nodes"] > 1]
 SEGMENTED = [c for c in CELL_IDS if GRID.plans[c]["segments"] > 1]
 
 
+# The LPIPS weights (config `lpips`): the VGG16 backbone and the LPIPS heads, by their file names in cell.lpips.
+LPIPS_SOURCES = dict(zip(LPIPS_FILES, ("vgg16", "lin")))
+
+
+rule download_lpips:
+    output:
+        f"{RESULTS}/lpips/{{lpips_file}}",
+    log:
+        f"{LOGS}/download/lpips-{{lpips_file}}.log",
+    wildcard_constraints:
+        lpips_file=one_of(LPIPS_FILES),
+    retries: 2
+    localrule: True
+    params:
+        url=lambda wc: CFG["lpips"][LPIPS_SOURCES[wc.lpips_file]]["url"],
+        sha256=lambda wc: (
+            f"--sha256 {s}"
+            if (s := CFG["lpips"][LPIPS_SOURCES[wc.lpips_file]]["sha256"])
+            else ""
+        ),
+    shell:
+        "eldistill download --url {params.url} --out {output} {params.sha256} > {log} 2>&1"
+
+
 def segment_marker(cell, k):
     return f"{RESULTS}/segments/{cell}/{k}.done"
 

@@ -68,6 +68,7 @@ def test_job_counts(paper_dry_run):
         "convert_teacher": 6,
         "download_reference": 5,
         "download_feature_net": 1,
+        "download_lpips": 2,  # VGG16 and the LPIPS heads, for CM's distance and DMD1's regression
         "gradvar": 1,
         "distill": 83 - multi,
         "distill_multinode": multi,

@@ -22,6 +22,8 @@ from typing import Any
 DISTILLERS = ("di", "sid", "sida", "sid2a", "dmd", "cm")
 EMBEDDER_FAMILIES = ("cnn", "multiscale", "resnet", "attention")
 PRECISIONS = ("fp32", "bf16", "fp16")
+# LPIPS weights a cell reads from its `lpips` folder (eldistill.distillers.lpips), fetched by `eldistill download`.
+LPIPS_FILES = ("vgg16.pth", "lpips_vgg_lin.pth")
 # Networks a distiller trains (each gets its own optimizer) and the settings a cell may give one of them.
 NETWORKS = ("generator", "fake_score", "gan_head")
 NETWORK_OPTIM_KEYS = ("lr", "betas", "weight_decay", "warmup_images")
@@ -76,6 +78,7 @@ class Cell:
     network_optim: dict[str, dict[str, Any]] = field(default_factory=dict)
     dropout: float | None = None  # dropout of the teacher and its trainable copies; None keeps the teacher's
     augment_p: float = 0.0  # EDM's augmentation of the fake score's (and SiDA's discriminator's) inputs
+    lpips: str = ""  # folder of the LPIPS weights (LPIPS_FILES), for CM's or DMD1's LPIPS distance
     ema_halflife_images: int = 500_000
     ema_beta: float | None = None  # a fixed EMA decay per iteration (CM's 0.9999) instead of the half-life
     snapshot_images: int = 0  # 0 = only the final snapshot
@@ -236,6 +239,14 @@ class Cell:
                 raise bad("batch", f"= {self.batch}; the unbiased EL estimator needs at least 2 samples")
             if el.scope == "round" and self.batch_gpu is not None and self.batch_gpu < 2:
                 raise bad("batch_gpu", f"= {self.batch_gpu}; EL per round (el.scope round) needs at least 2")
+        if needs_lpips(self.distiller, self.distiller_args) and not self.lpips:
+            raise bad("lpips", f"must name the folder of the LPIPS weights ({', '.join(LPIPS_FILES)}): the cell's "
+                      "distiller_args ask for the LPIPS distance")  # fmt: skip
+        if check_files and self.lpips:
+            for name in LPIPS_FILES:
+                if not (Path(self.lpips) / name).is_file():
+                    raise bad("lpips", f"lacks {Path(self.lpips) / name}; fetch it with `eldistill download` (the "
+                              "config's lpips urls and sha256; the workflow's download_lpips rule does)")  # fmt: skip
         if check_files:
             for key in ("teacher", "dataset", "init_generator"):
                 path = getattr(self, key)
@@ -358,3 +369,12 @@ def _kind(value: Any) -> str:
     names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer"}
     names.update({float: "a number", type(None): "null"})
     return names.get(type(value), f"a {type(value).__name__}")
+
+
+def needs_lpips(distiller: str, distiller_args: dict[str, Any]) -> bool:
+    """Whether a cell's distiller reads the LPIPS network: CM with distance lpips, DMD1's regression with it."""
+    if distiller == "cm":
+        return distiller_args.get("distance") == "lpips"
+    if distiller == "dmd":
+        return distiller_args.get("regression_distance") == "lpips" and distiller_args.get("regression_weight", 0) > 0
+    return False

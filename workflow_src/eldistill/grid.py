@@ -32,7 +32,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from eldistill.cell import DISTILLERS, EMBEDDER_FAMILIES, Cell, CellError
+from eldistill.cell import DISTILLERS, EMBEDDER_FAMILIES, Cell, CellError, needs_lpips
 from eldistill.io import atomic_write_bytes
 from eldistill.resources import (
     CPU_FLOPS,
@@ -250,6 +250,7 @@ def _paths(scale: str) -> dict[str, str]:
         "teacher": f"{root}/teachers/{{teacher}}.pt",
         "run": f"{root}/runs/{{cell_id}}",
         "state": f"{root}/state/{{cell_id}}",
+        "lpips": f"{root}/lpips",
     }
 
 
@@ -288,6 +289,10 @@ def _make_cell(
         init_generator=init_generator,
         labels={"scale": scale, "teacher": teacher_name, "dataset": dataset_name},
     )
+    if needs_lpips(data["distiller"], data.get("distiller_args", {})):
+        if not config.get("lpips"):
+            raise ConfigError(f"config: lpips: {where} measures with LPIPS; give the urls (and sha256) of its weights")
+        data["lpips"] = paths["lpips"]  # the workflow downloads the files there (rule download_lpips)
     try:
         cell = Cell.from_dict(data, where=where)
     except CellError as e:

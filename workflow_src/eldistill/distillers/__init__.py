@@ -14,10 +14,12 @@ REGISTRY: dict[str, type[Distiller]] = {cls.name: cls for cls in (DI, SiD, SiDA,
 assert tuple(sorted(REGISTRY)) == tuple(sorted(DISTILLERS)), "every cell distiller needs a class"
 
 
-def build_distiller(name: str, teacher, args=None, init_generator=None, augment_p: float = 0.0) -> Distiller:
+def build_distiller(
+    name: str, teacher, args=None, init_generator=None, augment_p: float = 0.0, lpips: str = ""
+) -> Distiller:
     if name not in REGISTRY:
         raise ValueError(f"distiller: unknown {name!r}; choose one of {', '.join(DISTILLERS)}")
-    return REGISTRY[name](teacher, args, init_generator, augment_p)
+    return REGISTRY[name](teacher, args, init_generator, augment_p, lpips)
 
 
 __all__ = ["REGISTRY", "Distiller", "Phase", "SampleNoise", "build_distiller"]

@@ -62,8 +62,11 @@ class Distiller:
         args: dict[str, Any] | None = None,
         init_generator: nn.Module | None = None,
         augment_p: float = 0.0,
+        lpips: str = "",
     ):
         self.args = resolve_args(self.name, self.DEFAULTS, args or {})
+        self.lpips_folder = lpips  # cell.lpips: where the LPIPS weights are, for a distiller that measures with it
+        self._lpips = None
         self.teacher = teacher.eval().requires_grad_(False)
         # EDM's augmentation of the fake score's inputs (cell.augment_p); the teacher must take augment labels.
         self.augment_p = float(augment_p)
@@ -75,6 +78,17 @@ class Distiller:
         # Every generator starts from the teacher's weights (anchors A.0), or from a given generator (SiD2A).
         generator = copy.deepcopy(init_generator if init_generator is not None else teacher)
         self.nets: dict[str, nn.Module] = {"generator": generator.train().requires_grad_(False)}
+
+    def lpips(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """LPIPS distance per sample (n,), the network loaded from the cell's lpips folder on first use."""
+        if self._lpips is None:
+            from eldistill.distillers.lpips import LPIPS
+
+            if not self.lpips_folder:
+                raise ValueError(f"{self.name}: the LPIPS distance needs the cell's 'lpips' folder of weights")
+            self._lpips = LPIPS.from_folder(self.lpips_folder)
+        net = self._lpips.to(a.device)
+        return net(a.float(), b.float())
 
     # --- what the loop asks ---------------------------------------------------------------------------
     @property

@@ -7,9 +7,10 @@ Target: with target_ema = 0 (the CIFAR-10 CD recipe) the target is the online ne
 (`jcm/losses.py` L305-306, L334), evaluated with the same dropout mask as the student call (L323-332); a
 target_ema > 0 keeps a separate EMA copy theta- (openai/consistency_models' ImageNet 64 runs).
 
-Distances: "l2" (mean squared error per sample) or "pseudo_huber" (sqrt(||d||^2 + c^2) - c, c = 0.00054 *
-sqrt(C*H*W), the LPIPS-free choice of improved consistency training); LPIPS needs downloaded weights, so it
-is not offered. The student uses EDM's preconditioning, which meets f(x, sigma_min) = x to within sigma_min."""
+Distances: "lpips" (the CIFAR-10 CD recipe, `configs/cifar10_ve_cd.py` L20; weights from the cell's lpips
+folder), "l2" (mean squared error per sample) or "pseudo_huber" (sqrt(||d||^2 + c^2) - c, c = 0.00054 *
+sqrt(C*H*W), the LPIPS-free choice of improved consistency training; the offline default). The student uses
+EDM's preconditioning, which meets f(x, sigma_min) = x to within sigma_min."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 
 from eldistill.distillers.base import Distiller, Phase, as_images, denoise, karras_grid, same_dropout
 
-DISTANCES = ("l2", "pseudo_huber")
+DISTANCES = ("l2", "pseudo_huber", "lpips")
 
 
 class CM(Distiller):
@@ -34,8 +35,8 @@ class CM(Distiller):
         "optimizer": "radam",  # openai/consistency_models and ECT use RAdam
     }
 
-    def __init__(self, teacher, args=None, init_generator=None, augment_p=0.0):
-        super().__init__(teacher, args, init_generator, augment_p)
+    def __init__(self, teacher, args=None, init_generator=None, augment_p=0.0, lpips=""):
+        super().__init__(teacher, args, init_generator, augment_p, lpips)
         a = self.args
         if a["distance"] not in DISTANCES:
             raise ValueError(f"distiller_args: 'distance' is {a['distance']!r}; choose one of {', '.join(DISTANCES)}")
@@ -63,6 +64,8 @@ class CM(Distiller):
         return x_t + as_images(t2 - t) * 0.5 * (d + d2)
 
     def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.args["distance"] == "lpips":
+            return self.lpips(a, b)
         sq = ((a - b) ** 2).flatten(1)
         if self.args["distance"] == "l2":
             return sq.mean(1)

@@ -1,7 +1,7 @@
 """DMD / DMD2 (anchors A.4, A.5): the generator follows the detached, normalised difference of the teacher
 and fake denoisers (distribution matching); the fake score learns the generator's distribution on the 1000
 Karras sigmas. DMD2 options: a two-time-scale update ratio and a GAN head on the fake network's bottleneck.
-DMD1 option: a regression term on fixed teacher noise-image pairs (L2 here: LPIPS needs downloaded weights).
+DMD1 option: a regression term on fixed teacher noise-image pairs (LPIPS as DMD1, or L2 offline).
 
 GAN head: the reference stacks strided 4x4 convolutions sized for an 8x8 ImageNet-64 bottleneck; ours ends
 with a spatial mean so it works on any bottleneck size (a stated deviation)."""
@@ -62,13 +62,18 @@ class DMD(Distiller):
         "regression_weight": 0.0,  # DMD1's regression term (0 = DMD2)
         "regression_pairs": 256,  # fixed teacher noise-image pairs for it (EDM Heun, 18 steps)
         "regression_seed": 0,
+        "regression_distance": "l2",  # or "lpips" (DMD1's; weights from the cell's lpips folder)
         "optimizer": "adamw",  # DMD2's AdamW (betas, weight decay and warm-up are cell settings)
         "clip_norm": 10.0,  # gradient-norm clipping on every network
     }
 
-    def __init__(self, teacher, args=None, init_generator=None, augment_p=0.0):
-        super().__init__(teacher, args, init_generator, augment_p)
+    def __init__(self, teacher, args=None, init_generator=None, augment_p=0.0, lpips=""):
+        super().__init__(teacher, args, init_generator, augment_p, lpips)
         a = self.args
+        if a["regression_distance"] not in ("l2", "lpips"):
+            raise ValueError(
+                f"distiller_args: 'regression_distance' is {a['regression_distance']!r}; choose l2 or lpips"
+            )
         if a["gen_update_ratio"] < 1:
             raise ValueError(f"distiller_args: 'gen_update_ratio' must be >= 1, got {a['gen_update_ratio']}")
         self.nets["fake_score"] = fresh_copy(teacher)
@@ -154,7 +159,11 @@ class DMD(Distiller):
         return 0.5 * ((x_gen - (x - grad)) ** 2).flatten(1).mean(1)
 
     def regression_loss(self, noise, device) -> torch.Tensor:
-        """DMD1: mean squared distance between G(z_ref) and the teacher's ODE image for z_ref, per sample."""
+        """DMD1: the distance (LPIPS in the paper, or mean squared) between G(z_ref) and the teacher's ODE image
+        for z_ref, per sample."""
         idx = noise.randint(0, self.ref_noise.shape[0]).cpu()
         z, y = self.ref_noise[idx].to(device), self.ref_images[idx].to(device)
-        return ((one_step(self.nets["generator"], z, self.sigma_init) - y) ** 2).flatten(1).mean(1)
+        x = one_step(self.nets["generator"], z, self.sigma_init)
+        if self.args["regression_distance"] == "lpips":
+            return self.lpips(x, y)
+        return ((x - y) ** 2).flatten(1).mean(1)
