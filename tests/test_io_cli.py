@@ -118,3 +118,10 @@ def test_orphaned_temporary_files_are_removed_by_name(tmp_path):
         p.write_bytes(b"")
     removed = io.remove_orphaned_temps(tmp_path, ["state.pt", "metrics.jsonl"])
     assert sorted(removed) == sorted(orphans) and all(p.exists() for p in keep)
+
+
+def test_a_log_line_that_is_not_an_object_is_named(tmp_path):
+    path = tmp_path / "fid.jsonl"
+    path.write_text('{"fid": 1.0}\n[1, 2]\n')
+    with pytest.raises(ValueError, match="fid.jsonl: line 2 is not a JSON object"):
+        io.read_jsonl(path)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from eldistill import launch as L
-from eldistill.checkpoints import load_network
+from eldistill.checkpoints import load_network, save_network
 from eldistill.cli import main
 from eldistill.launch import Partition, TrainCell, plan_cell, resolve_cell
 
@@ -61,6 +61,9 @@ def test_teacher_shape_counts_parameters(tiny_files, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.pt"):
         L.teacher_shape(tmp_path / "junk.pt")
+    generator = save_network(tmp_path / "gen.pt", net, meta={"kind": "generator", "sigma_init": 2.5})
+    with pytest.raises(ValueError, match="gen.pt is a network file of kind 'generator'"):
+        L.teacher_shape(generator)  # refused before anything is submitted
 
 
 def test_plan_cell_miniature_runs_on_the_cpu(make_cell):

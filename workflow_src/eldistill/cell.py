@@ -132,8 +132,9 @@ class Cell:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        from eldistill.io import atomic_write_json
+
+        atomic_write_json(self.to_dict(), path)  # a kill mid-write never leaves half a cell
 
     # --- identity ---------------------------------------------------------------------------------
     def result_settings(self) -> dict[str, Any]:

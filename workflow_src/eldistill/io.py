@@ -151,13 +151,18 @@ def append_jsonl(record: dict[str, Any], path: str | Path) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The JSON objects of a log, one per line. A line torn by a kill mid-append is skipped; a line that parses
+    to something other than an object was not written by us and raises ValueError naming the file and line."""
     records = []
-    for line in Path(path).read_text().splitlines():
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
         line = line.strip()
         if not line:
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line torn by a kill mid-append
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: line {number} is not a JSON object: {line[:80]}")
+        records.append(record)
     return records

@@ -79,10 +79,13 @@ def teacher_shape(path: str | Path) -> tuple[int, int]:
         data = load_torch_file(path, "cpu", "network file")
         resolution = int(data["config"]["img_resolution"])
         params = sum(t.numel() for t in data["state_dict"].values() if torch.is_tensor(t))
+        kind = data["meta"].get("kind")
     except FileNotFoundError:
         raise ValueError(f"teacher file not found: {path}") from None
     except Exception as e:
         raise ValueError(f"{path}: not one of our network files ({type(e).__name__}: {e})") from None
+    if kind != "teacher":  # refused here, before any job is submitted (training would refuse it too)
+        raise ValueError(f"teacher: {path} is a network file of kind {kind!r}; 'teacher' needs one of kind 'teacher'")
     return resolution, params
 
 

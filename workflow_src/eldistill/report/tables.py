@@ -171,9 +171,12 @@ def read_cell(run_dir: Path, cell_id: str, planned_protocol: str) -> tuple[dict,
     config_path = run_dir / "config.json"
     if config_path.is_file():
         try:
-            out["teacher"] = Path(json.loads(config_path.read_text()).get("teacher") or "").stem
+            config = json.loads(config_path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{config_path}: not valid JSON ({e})") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{config_path}: expected the cell's JSON object, got {type(config).__name__}")
+        out["teacher"] = Path(str(config.get("teacher") or "")).stem
     fid_path = run_dir / "fid.jsonl"
     records = read_jsonl(fid_path) if fid_path.is_file() else []
     for i, record in enumerate(records):
