@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from eldistill.distillers import REGISTRY
+from eldistill.grid import RECIPES as RECIPE_NAMES
 from eldistill.grid import build_grid, load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,12 +26,6 @@ NETWORKS = {
     "sid2a": ("generator", "fake_score"),
     "dmd": ("generator", "fake_score", "gan_head"),
     "cm": ("generator",),
-}
-# Pairs the paper validates EL on (issue 11: DI, DMD and CM beyond CIFAR-10; the DMD2 recipe runs as dmd) whose
-# RECIPES.md rows are not written yet; each pair is listed so that no other undocumented pair slips through.
-# To do (recipe owner): document them and empty this set.
-NOT_YET_DOCUMENTED = {
-    (dataset, distiller) for dataset in ("ffhq", "afhqv2", "imagenet64") for distiller in ("di", "dmd", "cm")
 }
 CELL_SETTINGS = ("batch", "total_images", "precision", "dropout", "augment_p", "ema_halflife_images", "ema_beta")
 OPTIM_KEYS = ("lr", "betas", "weight_decay", "warmup_images")
@@ -58,7 +53,8 @@ def parse_recipes(text: str) -> dict[tuple[str, str], dict[str, tuple[object, in
             pytest.fail(f"RECIPES.md line {number}: value {value!r} is not JSON")
         for dataset in (d.strip() for d in datasets.split(",")):
             for distiller in (d.strip() for d in distillers.split(",")):
-                assert distiller in REGISTRY, f"RECIPES.md line {number}: unknown distiller {distiller!r}"
+                known = distiller in REGISTRY or distiller in RECIPE_NAMES
+                assert known, f"RECIPES.md line {number}: unknown distiller {distiller!r}"
                 pair = recipes.setdefault((dataset, distiller), {})
                 assert setting not in pair, (
                     f"RECIPES.md line {number}: {dataset}/{distiller} {setting} is also on line {pair[setting][1]}"
@@ -153,7 +149,7 @@ def test_every_grid_cell_follows_its_recipe(grid, recipes):
         if row["cell_id"] not in grid.cells:
             continue  # a teacher evaluation (table `teachers`): nothing is trained
         cell = grid.cells[row["cell_id"]]
-        pair = (cell.labels["dataset"], cell.distiller)
+        pair = (cell.labels["dataset"], row["distiller"])  # a recipe name (dmd2) has its own rows
         if pair not in recipes:
             continue
         experiment = grid.config["experiments"][row["experiment"]]
@@ -174,13 +170,12 @@ def test_every_setting_of_every_grid_pair_is_documented(grid, recipes):
         if row["cell_id"] not in grid.cells:
             continue  # a teacher evaluation (table `teachers`): nothing is trained
         cell = grid.cells[row["cell_id"]]
-        dataset, distiller = cell.labels["dataset"], cell.distiller
+        dataset, distiller = cell.labels["dataset"], row["distiller"]
         if dataset not in documented_datasets:
             continue  # a dataset whose section another issue owns (ImageNet 512 / EDM2) until it lands
-        if (dataset, distiller) in NOT_YET_DOCUMENTED:
-            continue
-        needed = set(CELL_SETTINGS) | {f"distiller_args.{k}" for k in REGISTRY[distiller].DEFAULTS}
-        needed |= {f"optim.{net}.{key}" for net in NETWORKS[distiller] for key in OPTIM_KEYS}
+        cls = RECIPE_NAMES[distiller][0] if distiller in RECIPE_NAMES else distiller
+        needed = set(CELL_SETTINGS) | {f"distiller_args.{k}" for k in REGISTRY[cls].DEFAULTS}
+        needed |= {f"optim.{net}.{key}" for net in NETWORKS[cls] for key in OPTIM_KEYS}
         for setting in sorted(needed - set(recipes.get((dataset, distiller), {}))):
             missing.append(f"{dataset}/{distiller}: {setting}")
     assert not missing, "RECIPES.md lacks rows for:\n" + "\n".join(sorted(set(missing)))
