@@ -2,7 +2,9 @@
 (`global`: the global-batch EL by gradient caching; `round`: the per-round estimate), and the overhead
 ratios (with / without), at the miniature size and at CIFAR-10 shape (EDM's 56 M DDPM++ SongUNet).
 With --batch-gpu below the batch the global scope pays a second generator forward and embedder forward for
-every round but the last (eldistill.global_el); `global / round` isolates that cost.
+every round but the last (eldistill.global_el); `global / round` compares the two, and the columns
+`extra ...` measure that cost apart (a timed no-graph generator forward + embedder forward at batch_gpu,
+times rounds - 1, over the no-EL iteration), which single-iteration timings on a busy CPU cannot resolve.
 
     OMP_NUM_THREADS=2 python benchmarks/distill_speed.py --sizes mini --batch 32
     OMP_NUM_THREADS=1 python benchmarks/distill_speed.py --sizes mini --distillers sid --batch 32 --batch-gpu 8
@@ -32,6 +34,7 @@ from tqdm import tqdm
 from eldistill import dist
 from eldistill.cell import DISTILLERS, Cell
 from eldistill.checkpoints import save_network
+from eldistill.generator import one_step
 from eldistill.nets import build_network, count_parameters, preset
 from eldistill.train import Trainer
 
@@ -60,15 +63,41 @@ def write_files(folder: Path, size: dict) -> tuple[Path, Path]:
     return teacher, data
 
 
-def time_cell(cell: Cell, device: str, warmup: int, iters: int) -> tuple[float, float]:
-    """(median seconds per iteration, peak CUDA memory in GiB or nan on the CPU)."""
+def clocks(device: torch.device):
+    """(clock, sync): wall time on a GPU; on the CPU process CPU time (wall time there mostly measures the
+    other users of a shared machine)."""
+    cuda = device.type == "cuda"
+    return (time.perf_counter, torch.cuda.synchronize) if cuda else (time.process_time, lambda: None)
+
+
+@torch.no_grad()
+def extra_forward_seconds(trainer: Trainer, reps: int = 5) -> float:
+    """What the global-batch EL adds for one round that is generated twice: a generator forward without
+    graph and the embedders' forward on its images (median of `reps`, after one untimed call)."""
+    clock, sync = clocks(trainer.device)
+    trainer.generator.train()
+    z = torch.randn(trainer.batch_gpu, *trainer.shape, device=trainer.device)
+    labels = torch.zeros(trainer.batch_gpu, trainer.label_dim, device=trainer.device) if trainer.label_dim else None
+    times = []
+    for i in range(reps + 1):
+        sync()
+        t = clock()
+        with trainer.autocast():
+            x = one_step(trainer.generator, z, trainer.distiller.sigma_init, labels)
+        trainer.el.features(x)
+        sync()
+        if i:
+            times.append(clock() - t)
+    return statistics.median(times)
+
+
+def time_cell(cell: Cell, device: str, warmup: int, iters: int) -> tuple[float, float, float]:
+    """(median seconds per iteration, peak CUDA memory in GiB or nan on the CPU, seconds of the extra
+    forwards of one regenerated round or nan without EL)."""
     trainer = Trainer(cell, dist.setup(device=device))
     if trainer.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(trainer.device)
-    cuda = trainer.device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    # On the CPU, process CPU time: on a shared machine wall time mostly measures the other users.
-    clock = time.perf_counter if cuda else time.process_time
+    clock, sync = clocks(trainer.device)
     times = []
     for i in tqdm(range(warmup + iters), desc=f"{cell.distiller} el={cell.el.weight}", leave=False):
         sync()
@@ -78,7 +107,8 @@ def time_cell(cell: Cell, device: str, warmup: int, iters: int) -> tuple[float, 
         if i >= warmup:
             times.append(clock() - t)
     peak = torch.cuda.max_memory_allocated(trainer.device) / 2**30 if trainer.device.type == "cuda" else float("nan")
-    return statistics.median(times), peak
+    extra = extra_forward_seconds(trainer) if trainer.el is not None else float("nan")
+    return statistics.median(times), peak, extra
 
 
 def main() -> None:
@@ -98,6 +128,7 @@ def main() -> None:
     args = p.parse_args()
     scopes = args.scopes.split(",")
     runs = [("noEL", 0.0, "global")] + [(f"EL {scope}", 1.0, scope) for scope in scopes]
+    labels_el = [label for label, _, _ in runs[1:]]
     if args.device == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = []
@@ -106,7 +137,7 @@ def main() -> None:
             size = SIZES[size_name]
             teacher, data = write_files(Path(tmp), size)
             for distiller in args.distillers.split(","):
-                seconds, peak = {}, {}
+                seconds, peak, extra = {}, {}, {}
                 for label, weight, scope in runs:
                     cell = Cell.from_dict(
                         dict(
@@ -129,9 +160,9 @@ def main() -> None:
                             state_dir=str(Path(tmp) / "state"),
                         )
                     )
-                    seconds[label], peak[label] = time_cell(cell, args.device, args.warmup, args.iters)
+                    seconds[label], peak[label], extra[label] = time_cell(cell, args.device, args.warmup, args.iters)
                     print(f"{size_name:6s} {distiller:6s} {label:10s} {seconds[label]:8.3f} s/it", flush=True)
-                rows.append((size_name, distiller, seconds, peak))
+                rows.append((size_name, distiller, seconds, peak, extra[labels_el[0]] if labels_el else float("nan")))
     k = len(args.archs.split(",")) * args.inits_per_arch
     split = f"batch_gpu {args.batch_gpu}" if args.batch_gpu else "one round"
     print(
@@ -141,14 +172,19 @@ def main() -> None:
     head = ["size", "distiller"] + [f"s/it {x}" for x in labels] + [f"overhead {x}" for x in labels[1:]]
     if len(scopes) == 2:
         head.append(f"{scopes[0]} / {scopes[1]}")
+    # The global scope's own cost, measured apart: (rounds - 1) x (generator forward + embedder forward).
+    head += ["extra fwd s/round", "global extra s/it", "global extra / noEL s/it"]
     head += [f"GiB {x}" for x in labels]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    for size_name, distiller, sec, mem in rows:
+    rounds = args.batch // (args.batch_gpu or args.batch)
+    for size_name, distiller, sec, mem, extra_round in rows:
         cells = [size_name, distiller] + [f"{sec[x]:.3f}" for x in labels]
         cells += [f"{sec[x] / sec['noEL']:.3f}" for x in labels[1:]]
         if len(scopes) == 2:
             cells.append(f"{sec[labels[1]] / sec[labels[2]]:.3f}")
+        extra_it = (rounds - 1) * extra_round
+        cells += [f"{extra_round:.3f}", f"{extra_it:.3f}", f"{extra_it / sec['noEL']:.3f}"]
         cells += [f"{mem[x]:.1f}" for x in labels]
         print("| " + " | ".join(cells) + " |")
 
