@@ -54,6 +54,14 @@ def test_id_ignores_hardware_knobs_but_not_results_settings():
         ({"batch": 1, "el": {"weight": 1.0}}, "'batch' = 1; the unbiased EL"),
         ({"batch_gpu": 1, "el": {"weight": 1.0, "scope": "round"}}, "'batch_gpu' = 1; EL per round"),
         ({"distiller": "sid2a"}, "'init_generator'"),
+        ({"augment_p": 1.5}, "'augment_p'"),
+        ({"distiller": "dmd", "augment_p": 0.12}, "'augment_p'"),
+        ({"dropout": 1.0}, "'dropout'"),
+        ({"ema_beta": 1.0}, "'ema_beta'"),
+        ({"weight_decay": -0.01}, "'weight_decay'"),
+        ({"warmup_images": -5}, "'warmup_images'"),
+        ({"network_optim": {"critic": {}}}, "'network_optim.critic'"),
+        ({"distiller": "cm", "distiller_args": {"distance": "lpips"}}, "'lpips'"),
     ],
 )
 def test_bad_cells_name_the_key(over, key):
