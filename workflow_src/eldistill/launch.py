@@ -163,7 +163,11 @@ def plan_cell(
     """plan() for a cell on a partition, or the user's GPU count; refused here when the partition cannot give it."""
     resolution, params = teacher_shape(cell.teacher)
     dataset = str(cell.labels.get("dataset") or Path(cell.dataset).stem)
-    p = plan(dataset, resolution, params, cell.batch, part.gpus_per_node, total_images=cell.total_images)
+    p = plan(
+        dataset, resolution, params, cell.batch, part.gpus_per_node, total_images=cell.total_images,
+        precision=cell.precision,
+    )  # fmt: skip
+    # a cell longer than one job's time (p["segments"] > 1) continues through requeues on time-out (max_requeues)
     if gpus is not None:  # the user's count; per-GPU batch re-derived so the batch still divides
         if gpus < 0 or (gpus and cell.batch % gpus):
             raise ValueError(f"cell {cell.cell_id}: --gpus {gpus} must be >= 0 and divide the batch {cell.batch}")

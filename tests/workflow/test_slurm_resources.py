@@ -1,0 +1,63 @@
+"""What sbatch really receives for a GPU cell, on the local SLURM (one node, 2 CPUs, one fake GPU): the GPUs and
+the time the plan asks for, and the profile's CPUs per GPU (not the default cpus_per_task that used to win)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from eldistill.grid import build_grid, load_config
+
+from .conftest import REPO, snakemake
+
+CI = REPO / "config" / "ci.yaml"
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_sbatch_gets_the_gpus_cpus_and_time_of_the_plan(slurm_cluster, tmp_path):
+    if slurm_cluster["gpus_per_node"] < 1:
+        pytest.skip("the local SLURM runs without a fake GPU")
+    # the ci config, planned as a GPU cluster: a teacher counted as 56 M parameters gets a GPU (it still trains on
+    # the CPU here: the fake GPU has no device); 1 GPU per node, a 45 min site limit
+    overlay = tmp_path / "gpu.yaml"
+    overlay.write_text(
+        yaml.safe_dump(
+            {
+                "hardware": {"gpus_per_node": 1, "max_runtime_min": 45},
+                # counted as 56 M parameters: a GPU cell; trained for 2 iterations: seconds
+                "teachers": {"digits-uncond": {"params": 56_000_000, "train": {"total_images": 64}}},
+                "only_experiments": ["frameworks"],
+            }
+        )
+    )
+    # the local profile plus what a site sets for GPU rules; default-resources keeps its cpus_per_task: 1
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    config = yaml.safe_load((REPO / "slurm" / "local" / "config.yaml").read_text())
+    config["set-resources"] = {"distill": {"cpus_per_gpu": 2, "mem_mb": 1000}}  # the node has 2 CPUs, little memory
+    config.pop("configfile", None)
+    (profile / "config.yaml").write_text(yaml.safe_dump(config))
+
+    g = build_grid(load_config([CI, overlay]))
+    cell_id = g.rows[0]["cell_id"]
+    want = g.plans[cell_id]
+    assert (want["gpus"], want["segments"]) == (1, 1) and want["runtime_min"] <= 45
+    work = tmp_path / "work"
+    target = f"results/ci/runs/{cell_id}/generator.pt"
+    args = ["--profile", str(profile), target, "--configfile", str(CI), str(overlay), "--directory", str(work)]
+    result = snakemake(args, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    logs = list((work / "results" / "logs" / "slurm" / "rule_distill").rglob("*.log"))
+    assert len(logs) == 1, logs
+    job_id = logs[0].stem
+    job = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=True).stdout
+    fields = dict(re.findall(r"(\w+)=(\S+)", job))
+    assert fields["NumCPUs"] == "2", job  # --cpus-per-gpu=2 x 1 GPU, not the default cpus_per_task 1
+    assert fields["TresPerJob"] in ("gres:gpu:1", "gres/gpu:1"), job  # --gpus=1
+    assert fields["CpusPerTres"] in ("gres:gpu:2", "gres/gpu:2"), job  # --cpus-per-gpu=2
+    hours, minutes = divmod(want["runtime_min"], 60)
+    assert fields["TimeLimit"] == f"{hours:02d}:{minutes:02d}:00", job
