@@ -496,6 +496,7 @@ def _teacher_evals(config: dict[str, Any], result: Grid) -> None:
                     "total_images": "",
                     "protocol": protocol["name"],
                     "gpus": 1 if on_gpu else 0,
+                    "seed": 0,  # nothing trained: one evaluation, as a cell of seed 0
                 }
             )
 
