@@ -61,7 +61,7 @@ def test_job_counts(paper_dry_run):
     # longer than the 48 h limit adds one segment job per extra share; every cell of a table row is evaluated
     # (not the SiD starts that only SiD2A uses); 3 teacher evaluations
     assert (len(g.cells), multi) == (83, 14)
-    assert counts == {
+    expected = {
         "grid": 1,
         "link_dataset": 5,
         "download_teacher": 6,
@@ -79,6 +79,7 @@ def test_job_counts(paper_dry_run):
         "tables": 1,
         "all_tables": 1,
     }
+    assert counts == {rule: n for rule, n in expected.items() if n}  # a rule with no job is not listed
     assert segments[False] + segments[True] == sum(p["segments"] for p in g.plans.values()) - 83 > 0
 
 
