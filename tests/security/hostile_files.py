@@ -157,6 +157,12 @@ def tuple_dag_key(levels=100):
     return proto() + b"}" + ops + num(1) + b"s" + STOP
 
 
+def hash_flood(keys=100_000):
+    """A dict of 100,000 integer keys k * (2^61 - 1), which all hash alike: quadratic inserts (minutes)."""
+    items = b"".join(b"\x8a\x0a" + (k * (2**61 - 1)).to_bytes(10, "little") + b"K\x00" for k in range(1, keys + 1))
+    return proto() + b"}(" + items + b"u" + STOP
+
+
 def recursive_list():
     return kwargs_pickle(b"]" + put(0) + get(0) + b"a")
 
@@ -227,6 +233,7 @@ PICKLE_ATTACKS = {
     "bytearray-of-a-size": (bytearray_of_a_size, "bytearray is accepted only with bytes"),
     "list-dag": (list_dag, "shared references expand"),
     "tuple-dag-dict-key": (tuple_dag_key, "shared references expand"),
+    "hash-flood": (hash_flood, "share one hash value"),
     "recursive-list": (recursive_list, "recursive structure"),
     "deep-nesting": (deep_nesting, "nest deeper"),
     "bytes8-claim": (bytes8_claim, "expected 1099511627776 bytes"),
@@ -247,6 +254,7 @@ REFS_LAYOUT = {
     "ndarray-called",
     "bytearray-of-a-size",
     "tuple-dag-dict-key",
+    "hash-flood",
     "bytes8-claim",
     "frame-claim",
     "memo-index",

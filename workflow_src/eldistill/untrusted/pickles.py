@@ -7,6 +7,8 @@ and models the object graph the pickle describes. It refuses, before any unpickl
 - a graph whose expansion as a tree outweighs the file: shared references let 1 KB describe 2^100 leaves,
   and hashing, comparing, repr or JSON conversion walk the whole tree;
 - cycles and nesting deeper than MAX_DEPTH (recursion in every later reader);
+- more than MAX_EQUAL_HASHES distinct numbers with one hash (multiples of 2^61 - 1 all hash alike): as dict
+  keys they make every insertion walk all the others, so 1 MB of them takes minutes to unpickle;
 - extension-registry codes and out-of-band buffers (nothing we read uses them).
 """
 
@@ -21,6 +23,8 @@ from typing import Any, BinaryIO
 MAX_DEPTH = 500
 BASE_BUDGET = 100_000  # tree weight any file may have; beyond it, the budget grows with the file's size
 BYTES_PER_WEIGHT = 64  # a string or bytes argument weighs 1 + len // 64 (repeating a long string costs)
+MAX_EQUAL_HASHES = 32  # distinct numbers sharing one hash; chance collisions of real data are ~2^-61 each
+_NUMBERS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT"}
 
 _REFUSED = {
     "EXT1": "an extension-registry code",
@@ -77,9 +81,19 @@ class _Graph:
         self.stack: list[int] = []
         self.marks: list[int] = []
         self.memo: dict[int, int] = {}
+        self.numbers: dict[int, set] = {}  # hash -> the distinct numbers with that hash
 
     def malformed(self, what: str) -> ValueError:
         return ValueError(f"{self.source}: malformed pickle ({what})")
+
+    def count_number(self, value: Any) -> None:
+        same = self.numbers.setdefault(hash(value), set())
+        same.add(value)
+        if len(same) > MAX_EQUAL_HASHES:
+            raise UnsafePickleError(
+                f"{self.source}: more than {MAX_EQUAL_HASHES} distinct numbers share one hash value "
+                "(a hash-flooding pattern that makes unpickling quadratic); refusing the pickle"
+            )
 
     def new(self, refs: list[int], arg: Any) -> int:
         size = len(arg) // BYTES_PER_WEIGHT if isinstance(arg, (str, bytes, bytearray)) else 0
@@ -202,6 +216,8 @@ def scan(f: BinaryIO, end: int, source: str, persistent_ids: bool = False) -> tu
                 raise graph.malformed(f"memo index {arg} read before it was written")
             graph.stack.append(graph.memo[arg])
         else:
+            if name in _NUMBERS and isinstance(arg, (int, float)):
+                graph.count_number(arg)
             graph.apply(op, arg)
     if not stopped:
         raise graph.malformed("no STOP opcode")
