@@ -4,6 +4,7 @@ from pathlib import Path
 
 from eldistill.checkpoints import convert_teacher as _convert_teacher
 from eldistill.data import open_dataset
+from eldistill.distillers import lpips
 from eldistill.statefile import read_state
 from eldistill.train import STATE_FORMAT
 
@@ -21,3 +22,8 @@ def first_dataset_item(path: str):
 def read_training_state(path: str):
     """What `eldistill train` and `train-teacher` resume from (statefile.read_state)."""
     return read_state(path, STATE_FORMAT)
+
+
+def lpips_weights(path: str):
+    """How LPIPS reads its downloaded VGG16 and linear-head weights."""
+    return lpips._load(Path(path))

@@ -366,11 +366,18 @@ def pt_list_dag(path: Path) -> Path:
     return write_zip(path, [stored("archive/data.pkl", buffer.getvalue()), stored("archive/version", b"3\n")])
 
 
+def pt_legacy_count_claim(path: Path) -> Path:
+    """A file in torch's legacy format (torch < 1.6) whose storage claims 2^40 elements and holds two bytes."""
+    path.write_bytes(_legacy_storage_blob(TIB_ELEMENTS, bytes(2)))
+    return path
+
+
 PT_ATTACKS = {
     "pt-deflate-bomb": (pt_deflate_bomb, "is compressed"),
     "pt-storage-claim": (pt_storage_claim, "records 1099511627776"),
     "pt-zero-stride": (pt_zero_stride, "shows 1073741824 elements"),
     "pt-list-dag": (pt_list_dag, "shared references expand"),
+    "pt-legacy-count-claim": (pt_legacy_count_claim, "records 1099511627776"),
 }
 
 

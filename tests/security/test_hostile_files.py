@@ -24,8 +24,9 @@ LOADERS = {
     "teacher_shape": "eldistill.launch:teacher_shape",
     "load_torch_file": "eldistill.untrusted.torch_files:load_torch_file",
     "dataset": "confined_loaders:first_dataset_item",
+    "lpips": "confined_loaders:lpips_weights",
 }
-TORCH_LOADERS = ["load_network", "load_classifier", "training state", "teacher_shape", "load_torch_file"]
+TORCH_LOADERS = ["load_network", "load_classifier", "training state", "teacher_shape", "lpips", "load_torch_file"]
 
 
 def _cases():

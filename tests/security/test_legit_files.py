@@ -86,9 +86,10 @@ def test_shared_storage_views_load(tmp_path):
     value = {"t": base.t(), "row": base[1], "tail": base.view(-1)[20:], "half": torch.ones(3, dtype=torch.float16)}
     loaded = read_edm_pickle(_write(tmp_path / "views.pkl", pickle.dumps(value)))
     assert all(torch.equal(loaded[k], v) for k, v in value.items())
-    path = tmp_path / "views.pt"
-    torch.save(value, path)
-    assert all(torch.equal(load_torch_file(path)[k], v) for k, v in value.items())
+    for zip_format in (True, False):
+        path = tmp_path / f"views-{zip_format}.pt"
+        torch.save(value, path, _use_new_zipfile_serialization=zip_format)
+        assert all(torch.equal(load_torch_file(path)[k], v) for k, v in value.items())
 
 
 def test_our_files_load_through_the_bounded_loader(tmp_path):
@@ -99,12 +100,13 @@ def test_our_files_load_through_the_bounded_loader(tmp_path):
     opt.step()
     state = {"nets": {"g": net.state_dict()}, "opt": opt.state_dict(), "rng": torch.get_rng_state(), "n": 3}
     state["meta"] = {"dtype": torch.float16, "device": torch.device("cpu"), "ids": ("a", "b"), "none": None}
-    path = tmp_path / "state.pt"
-    torch.save(state, path)
-    loaded = load_torch_file(path)
-    assert torch.equal(loaded["rng"], state["rng"]) and loaded["meta"] == state["meta"]
-    assert loaded["opt"]["param_groups"] == state["opt"]["param_groups"]
-    assert torch.equal(loaded["nets"]["g"]["weight"], net.weight.detach())
+    for zip_format in (True, False):  # torch.save's archive, and the legacy format of files from torch < 1.6
+        path = tmp_path / f"state-{zip_format}.pt"
+        torch.save(state, path, _use_new_zipfile_serialization=zip_format)
+        loaded = load_torch_file(path)
+        assert torch.equal(loaded["rng"], state["rng"]) and loaded["meta"] == state["meta"]
+        assert loaded["opt"]["param_groups"] == state["opt"]["param_groups"]
+        assert torch.equal(loaded["nets"]["g"]["weight"], net.weight.detach())
 
 
 def test_npz_files_numpy_writes_load(tmp_path):

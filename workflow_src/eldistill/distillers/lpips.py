@@ -4,8 +4,8 @@
 Weights come from two local files, fetched by `eldistill download` (config `lpips`, with their sha256):
 torchvision's ImageNet VGG16 (`vgg16-397923af.pth`, keys `features.<i>.weight|bias`) and the LPIPS linear
 heads (`vgg.pth` of richzhang/PerceptualSimilarity v0.1, keys `lin<k>.model.1.weight`). Both are plain state
-dicts, read with `torch.load(weights_only=True)`. A cell that needs LPIPS checks the files before training
-(eldistill.cell.LPIPS_FILES)."""
+dicts, read with the bounded `eldistill.untrusted.torch_files.load_torch_file` (either torch file format). A
+cell that needs LPIPS checks the files before training (eldistill.cell.LPIPS_FILES)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from eldistill.untrusted.torch_files import load_torch_file
 
 VGG_FILE, LIN_FILE = "vgg16.pth", "lpips_vgg_lin.pth"
 # LPIPS's input scaling layer (images in [-1, 1]) and the VGG16 layers it reads: relu1_2 ... relu5_3.
@@ -90,7 +92,7 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ValueError(f"LPIPS weights: {path} does not exist (fetch it with `eldistill download`, config lpips)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_torch_file(path, "cpu", "state dict")
     except Exception as e:
         raise ValueError(f"LPIPS weights: {path} is not a readable state dict ({e})") from None
     if not isinstance(state, dict):

@@ -9,7 +9,9 @@ elements than its storage holds past its offset (a zero stride would let 700 byt
 Our `.pt` files are zip archives from torch.save. `load_torch_file` checks the archive before torch.load
 (weights_only) sees it: every entry stored uncompressed (torch.save never compresses, so nothing inflates),
 declared sizes within the file, and a dry run of data.pkl with inert objects: only the globals our files
-use, each storage entry exactly as large as its record says, each tensor view within its storage.
+use, each storage entry exactly as large as its record says, each tensor view within its storage. Files in
+torch's legacy format (torch < 1.6, e.g. the published VGG16 weights LPIPS uses) get the same dry run, and
+each storage must hold its recorded element count before torch.load allocates it.
 """
 
 from __future__ import annotations
@@ -98,36 +100,59 @@ def rebuild_parameter(data, requires_grad=True, backward_hooks=None, state=None)
     return torch.nn.Parameter(data, requires_grad=bool(requires_grad))
 
 
+def _legacy_storage_id(pid: Any, source: str) -> tuple[str, torch.dtype, int]:
+    """(key, dtype, numel) of a legacy-format storage record ('storage', kind, key, location, numel, None)."""
+    ok = isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage" and isinstance(pid[1], StorageKind)
+    if not ok or not isinstance(pid[2], str) or pid[5] is not None:
+        raise UnsafePickleError(f"{source}: a persistent id that is not a plain storage record ({pid!r:.80})")
+    return pid[2], pid[1].dtype, _index(pid[4], f"{source}: a storage's element count")
+
+
+def read_legacy(f, end: int, source: str, allowed, persistent, fallback=None) -> tuple[Any, dict]:
+    """torch's legacy format (the storage blobs of published pickles, pre-1.6 `.pth` files): the object, with
+    `persistent(key, dtype, numel)` standing for each storage, and {key: raw bytes position} of the storages,
+    each checked to hold exactly its recorded element count. Nothing is allocated from a recorded size."""
+    if load_pickle(f, source, {}, end) != LEGACY_MAGIC or load_pickle(f, source, {}, end) != LEGACY_PROTOCOL:
+        raise UnsafePickleError(f"{source}: not torch's legacy format")
+    info = load_pickle(f, source, {}, end)
+    if not isinstance(info, dict) or info.get("little_endian") is not True:
+        raise UnsafePickleError(f"{source}: not a little-endian torch legacy file")
+    records: dict[str, tuple[torch.dtype, int]] = {}
+
+    def persistent_id(pid):
+        key, dtype, numel = _legacy_storage_id(pid, source)
+        if records.setdefault(key, (dtype, numel)) != (dtype, numel):
+            raise UnsafePickleError(f"{source}: storage {key!r} is recorded with two sizes")
+        return persistent(key, dtype, numel)
+
+    root = load_pickle(f, source, allowed, end, fallback=fallback, persistent_load=persistent_id)
+    keys = load_pickle(f, source, {}, end)
+    if not isinstance(keys, list) or sorted(keys) != sorted(records):
+        raise UnsafePickleError(f"{source}: the storage list does not match the storages the object uses")
+    positions = {}
+    for key in keys:
+        dtype, numel = records[key]
+        count, nbytes = int.from_bytes(f.read(8), "little", signed=True), numel * dtype.itemsize
+        if count != numel or end - f.tell() < nbytes:
+            raise UnsafePickleError(
+                f"{source}: storage {key!r} records {numel} {dtype} elements ({nbytes} bytes), holds {count} "
+                f"and at most {end - f.tell()} bytes"
+            )
+        positions[key] = f.tell()
+        f.seek(nbytes, 1)
+    return root, positions
+
+
 def storage_from_legacy_bytes(blob: Any) -> torch.storage.TypedStorage:
     """`torch.storage._load_from_bytes(blob)`, read with the restricted unpickler and built from the bytes present."""
     if not isinstance(blob, (bytes, bytearray)):
         raise UnsafePickleError("torch.storage._load_from_bytes called with a non-bytes argument")
     f, source, end = io.BytesIO(blob), "embedded torch storage", len(blob)
-    if load_pickle(f, source, {}, end) != LEGACY_MAGIC or load_pickle(f, source, {}, end) != LEGACY_PROTOCOL:
-        raise UnsafePickleError(f"{source}: not torch's legacy storage format")
-    info = load_pickle(f, source, {}, end)
-    if not isinstance(info, dict) or info.get("little_endian") is not True:
-        raise UnsafePickleError(f"{source}: not a little-endian legacy storage")
-    ids: list[tuple] = []
-
-    def persistent(pid):
-        ok = isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage" and isinstance(pid[1], StorageKind)
-        if not ok or not isinstance(pid[2], str) or pid[5] is not None or ids:
-            raise UnsafePickleError(f"{source}: not one plain storage record ({pid!r:.80})")
-        _index(pid[4], f"{source}: element count")
-        ids.append(pid)
-        return pid
-
-    root = load_pickle(f, source, STORAGE_KINDS, end, persistent_load=persistent)
-    if not ids or root is not ids[0] or load_pickle(f, source, {}, end) != [ids[0][2]]:
+    root, positions = read_legacy(f, end, source, STORAGE_KINDS, _StorageRef)
+    if not isinstance(root, _StorageRef) or len(positions) != 1 or f.tell() != end:
         raise UnsafePickleError(f"{source}: not one plain storage")
-    dtype, numel = ids[0][1].dtype, ids[0][4]
-    nbytes = numel * dtype.itemsize
-    count = int.from_bytes(f.read(8), "little", signed=True)
-    if count != numel or end - f.tell() != nbytes:
-        raise UnsafePickleError(
-            f"{source}: records {numel} {dtype} elements ({nbytes} bytes), holds {count} and {end - f.tell()} bytes"
-        )
+    dtype, nbytes = root.dtype, root.numel * root.dtype.itemsize
+    f.seek(positions[root.key])
     data = torch.frombuffer(bytearray(f.read(nbytes)), dtype=dtype) if nbytes else torch.empty(0, dtype=dtype)
     return torch.storage.TypedStorage(wrap_storage=data.untyped_storage(), dtype=dtype, _internal=True)
 
@@ -163,8 +188,10 @@ class _Inert:
 
 
 class _StorageRef:
-    def __init__(self, dtype: torch.dtype, numel: int):
-        self.dtype, self.numel = dtype, numel
+    """A storage as the dry run sees it: its element type and count, no data."""
+
+    def __init__(self, key: str, dtype: torch.dtype, numel: int):
+        self.key, self.dtype, self.numel = key, dtype, numel
 
 
 def _dry_tensor(storage, storage_offset, size, stride, *rest):
@@ -183,6 +210,7 @@ DRY_RUN_GLOBALS: dict[tuple[str, str], Any] = {
     **STORAGE_KINDS,
     **CONTAINER_GLOBALS,
     ("torch._utils", "_rebuild_tensor_v2"): _dry_tensor,
+    ("torch._utils", "_rebuild_tensor"): _dry_tensor,  # the same with no requires_grad (torch < 1.0 files)
     ("torch._utils", "_rebuild_parameter"): _Inert,
     ("torch._utils", "_rebuild_parameter_with_state"): _Inert,
     ("torch", "Size"): tuple,
@@ -202,16 +230,32 @@ def _storage_records(data: bytes, source: str) -> dict[str, tuple[torch.dtype, i
         record = (pid[1].dtype, _index(pid[4], "a storage's element count"))
         if records.setdefault(pid[2], record) != record:
             raise UnsafePickleError(f"{source}: storage {pid[2]!r} is recorded with two sizes")
-        return _StorageRef(*record)
+        return _StorageRef(pid[2], *record)
 
     load_pickle(io.BytesIO(data), source, DRY_RUN_GLOBALS, fallback=_torch_dtype, persistent_load=persistent)
     return records
 
 
-def check_torch_archive(f, source: str) -> None:
-    """Refuse, before torch.load, an archive that would inflate, over-allocate or show tensors past storages."""
+def check_torch_file(f, source: str) -> None:
+    """Refuse, before torch.load, a file that would inflate, over-allocate or show tensors past storages:
+    a torch.save zip archive, or torch's legacy format (files from torch < 1.6, e.g. published VGG weights)."""
     size = f.seek(0, 2)
     f.seek(0)
+    is_zip = zipfile.is_zipfile(f)
+    f.seek(0)
+    if is_zip:
+        check_torch_archive(f, size, source)
+    else:
+        try:
+            read_legacy(f, size, source, DRY_RUN_GLOBALS, _StorageRef, fallback=_torch_dtype)
+        except UnsafePickleError:
+            raise
+        except ValueError as e:
+            raise ValueError(f"{source}: not a torch.save archive nor torch's legacy format ({e})") from None
+
+
+def check_torch_archive(f, size: int, source: str) -> None:
+    """The zip checks of the module docstring."""
     try:
         archive = zipfile.ZipFile(f)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
@@ -252,7 +296,7 @@ def load_torch_file(path: str | Path, map_location: Any = "cpu", what: str = "to
     a damaged or hostile one a ValueError naming the file."""
     path = Path(path)
     with open(path, "rb") as f:  # one open file: what is checked is what torch reads, even if the path is replaced
-        check_torch_archive(f, str(path))
+        check_torch_file(f, str(path))
         f.seek(0)
         try:
             return torch.load(f, map_location=map_location, weights_only=True)
