@@ -129,7 +129,8 @@ def test_hardware_knobs_keep_the_ids():
 def test_defaults_come_from_the_schema():
     config = validate_config({"scale": "ci", "datasets": {}, "teachers": {}, "experiments": {}} | ci_config())
     assert config["hardware"] == {
-        "gpus_per_node": 0, "gpu_mem_gb": 80, "max_gpus": 32, "max_runtime_min": 2880, "retries": 2
+        "gpus_per_node": 0, "gpu_mem_gb": 80, "max_gpus": 32, "max_runtime_min": 2880, "retries": 2,
+        "gpu_flops": 1e14,
     }  # fmt: skip
     assert config["experiments"]["main"]["vary"] == {}
     assert config["datasets"]["digits"]["make"]["source"] == "digits"

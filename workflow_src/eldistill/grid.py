@@ -309,6 +309,7 @@ def _make_cell(
             gpu_mem_gb=hardware["gpu_mem_gb"],
             max_gpus=hardware["max_gpus"],
             max_runtime_min=hardware["max_runtime_min"],
+            gpu_flops=hardware["gpu_flops"],
             precision=cell.precision,
         )
     except ValueError as e:
@@ -464,8 +465,9 @@ def _teacher_evals(config: dict[str, Any], result: Grid) -> None:
         nfe = 2 * sampler["steps"] - 1
         seed_ranges = 3 if protocol["aggregation"] == "min-of-3-seeds" else 1
         runtime = teacher_eval_runtime(
-            protocol["num_samples"] * seed_ranges, nfe, teacher["params"], dataset["resolution"], on_gpu
-        )
+            protocol["num_samples"] * seed_ranges, nfe, teacher["params"], dataset["resolution"], on_gpu,
+            hardware["gpu_flops"],
+        )  # fmt: skip
         count, per_job = segments(runtime, hardware["max_runtime_min"])
         result.teacher_evals[eval_id] = {
             "name": name,
@@ -501,10 +503,12 @@ def _teacher_evals(config: dict[str, Any], result: Grid) -> None:
             )
 
 
-def teacher_eval_runtime(images: int, nfe: int, params: int, resolution: int, on_gpu: bool) -> int:
+def teacher_eval_runtime(
+    images: int, nfe: int, params: int, resolution: int, on_gpu: bool, gpu_flops: float = GPU_FLOPS
+) -> int:
     """Minutes to sample `images` with `nfe` forward passes each (a forward ~ FLOPS_PER_PARAM_PIXEL / 12, fp32)."""
     flops = images * nfe * (FLOPS_PER_PARAM_PIXEL / 12) * params * network_resolution(resolution) ** 2
-    speed = GPU_FLOPS * PRECISION_THROUGHPUT["fp32"] if on_gpu else CPU_FLOPS
+    speed = gpu_flops * PRECISION_THROUGHPUT["fp32"] if on_gpu else CPU_FLOPS
     return math.ceil(flops / speed * RUNTIME_SAFETY / 60) + RUNTIME_OVERHEAD_MIN
 
 
