@@ -24,13 +24,15 @@ except ConfigError as e:  # before any job exists: name the key and stop
     sys.exit(f"eldistill: {e}")
 
 CFG = GRID.config  # validated, defaults filled
-MAX_RUNTIME = CFG["hardware"][
-    "max_runtime_min"
-]  # the site's limit: no job (retries included) asks more
-if (
-    workflow.is_main_process
-):  # before anything is submitted (the dry run too); not again inside each job
+# the site's limit: no job (retries included) asks more
+MAX_RUNTIME = CFG["hardware"]["max_runtime_min"]
+# the GPU-hours, before anything is submitted (the dry run too); not again inside each job
+if workflow.is_main_process:
     print(budget_text(GRID), file=sys.stderr)
+    print(
+        f"  per job: results/{GRID.scale}/plan.csv (the grid rule writes it)",
+        file=sys.stderr,
+    )
 # the paper's numbers and tolerances: relative to the repository, so --directory elsewhere still finds them
 for _key in ("reported", "tolerances"):
     if not Path(CFG[_key]).is_absolute():

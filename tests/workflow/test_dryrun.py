@@ -47,6 +47,8 @@ def paper_dry_run(tmp_path_factory):
     args = ["-n", "--profile", str(REPO / "slurm"), "all_tables", "--configfile", str(PAPER), str(overlay)]
     result = snakemake([*args, "--directory", str(tmp / "work")], cwd=REPO, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # the GPU-hours are printed before anything is submitted
+    assert "GPU-hours of the paper grid" in result.stderr and "per job: results/paper/plan.csv" in result.stderr
     return jobs_of(result.stdout + result.stderr)
 
 

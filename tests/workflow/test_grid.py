@@ -311,3 +311,9 @@ def test_plan_csv_and_budget_add_up(tmp_path, capsys):
         tries = sum(min(2880, runtime * a) for a in (1, 2, 3))
         assert float(r["gpu_hours_worst"]) == pytest.approx(gpus * segs * tries / 60, abs=0.01)
     assert "not selected (checked only): edm2_sizes" in text
+    # --per-job: one line per plan.csv row before the per-experiment lines
+    assert main(["grid", "--config", str(PAPER), "--per-job"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for r in rows:
+        line = next(line for line in lines if line.split()[:1] == [r["cell_id"]])
+        assert line.split()[1:4] == [r["gpus"], r["segments"], r["runtime_min"]]

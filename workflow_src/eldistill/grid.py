@@ -614,8 +614,9 @@ def write_plan_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     return atomic_write_bytes(buffer.getvalue().encode(), path)
 
 
-def budget_text(result: Grid) -> str:
-    """GPU-hours per experiment and in total (a cell two experiments share counts once in the total)."""
+def budget_text(result: Grid, per_job: bool = False) -> str:
+    """GPU-hours per experiment and in total (a cell two experiments share counts once in the total); with
+    `per_job`, first one line per job (cell or teacher evaluation), the rows of plan.csv."""
     rows = plan_table(result)
     limit = result.config["hardware"]["max_runtime_min"]
     per: dict[str, list[float]] = {}
@@ -629,8 +630,17 @@ def budget_text(result: Grid) -> str:
     lines = [
         f"GPU-hours of the {result.scale} grid (eldistill.resources.plan; worst case = every job retried "
         f"{result.config['hardware']['retries']}x, each try <= {limit} min):",
-        f"  {'experiment':<20} {'jobs':>5} {'segmented':>9} {'first attempt':>14} {'worst case':>12}",
     ]
+    if per_job:
+        lines.append(
+            f"  {'job':<36} {'GPUs':>5} {'segments':>8} {'min/job':>8} {'first attempt':>14} {'worst case':>12}"
+        )
+        for r in rows:
+            lines.append(
+                f"  {r['cell_id']:<36} {r['gpus']:>5} {r['segments']:>8} {r['runtime_min']:>8} "
+                f"{r['gpu_hours_first']:>14,.1f} {r['gpu_hours_worst']:>12,.1f}"
+            )
+    lines.append(f"  {'experiment':<20} {'jobs':>5} {'segmented':>9} {'first attempt':>14} {'worst case':>12}")
     for owner, (n, first, worst, split) in per.items():
         lines.append(f"  {owner:<20} {n:>5} {split:>9} {first:>14,.0f} {worst:>12,.0f}")
     first = sum(r["gpu_hours_first"] for r in rows)
@@ -686,6 +696,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", help="GRID.csv to write (omit to only validate)")
     parser.add_argument("--cells", help="folder to write each cell's JSON into (<cell_id>.json)")
     parser.add_argument("--plan", help="plan.csv to write: each job's GPUs, segments and GPU-hours")
+    parser.add_argument("--per-job", action="store_true", help="also print each job's GPU-hours (plan.csv's rows)")
     parser.add_argument("--schema", default=str(DEFAULT_SCHEMA), help="JSON schema of the config (YAML)")
 
 
@@ -708,5 +719,5 @@ def run(args) -> int:
         f"{result.scale}: {len(result.rows)} rows, {len(result.cells)} cells to train, "
         f"{len(result.teacher_evals)} teacher evaluations, tables {', '.join(result.tables)}"
     )
-    print(budget_text(result))
+    print(budget_text(result, per_job=args.per_job))
     return 0
