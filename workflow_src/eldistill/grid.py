@@ -377,9 +377,9 @@ def _check_references(config: dict[str, Any]) -> None:
     for name in protocol["references"]:
         if name not in datasets:
             raise _unknown("dataset", f"protocol.references.{name}", name, datasets)
-    if protocol["name"] == "fid50k-tf-inception":
+    if protocol["name"] in ("fid50k-tf-inception", "rehearsal"):
         if not protocol["feature_net_url"]:
-            raise ConfigError("config: protocol.feature_net_url: required by the fid50k-tf-inception protocol")
+            raise ConfigError(f"config: protocol.feature_net_url: required by the {protocol['name']} protocol")
         for name in datasets:
             if name not in protocol["references"]:
                 raise ConfigError(f"config: protocol.references.{name}: no reference statistics for dataset '{name}'")
@@ -658,7 +658,7 @@ def write_grid_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     writer = csv.DictWriter(buffer, fieldnames=GRID_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({key: row[key] for key in GRID_COLUMNS})
+        writer.writerow({key: row.get(key, "") for key in GRID_COLUMNS})  # teacher-evaluation rows have no seed
     return atomic_write_bytes(buffer.getvalue().encode(), path)
 
 

@@ -21,6 +21,8 @@ from eldistill.untrusted.arrays import read_npz
 
 PAPER = "fid50k-tf-inception"
 MINI = "mini-classifier"
+REHEARSAL = "rehearsal"  # the paper's evaluation pipeline on stand-in files (config/rehearsal.yaml)
+INCEPTION_PROTOCOLS = (PAPER, REHEARSAL)  # read a TorchScript detector file and published-format references
 INCEPTION_DIM = 2048
 # The metrics of an EDM2 reference .pkl: FID, and FD_DINOv2 which EDM2 and SiDA also report (ImageNet 512).
 FID = "fid"
@@ -52,6 +54,14 @@ PROTOCOLS: dict[str, Protocol] = {
         5_000,
         False,
         "features of the miniature classifier trained on the miniature dataset; NOT comparable with paper FIDs",
+    ),
+    REHEARSAL: Protocol(
+        REHEARSAL,
+        None,
+        64,
+        False,
+        "the paper protocol's pipeline (a TorchScript detector file, reference statistics in EDM's and EDM2's "
+        "published formats) with any number of images, run on stand-ins of those files; NOT comparable",
     ),
 }
 
@@ -95,8 +105,10 @@ class Reference:
     ref_id: str  # file name and content hash: what FID records cite
 
     def check(self, protocol: Protocol, feature_net_id: str, path: str | Path) -> None:
-        """Refuse to compare features from another protocol or another feature network."""
-        if self.protocol != protocol.name:
+        """Refuse to compare features from another protocol or another feature network. A published file
+        (which records nothing) serves both protocols that read the detector file."""
+        published = self.protocol == PAPER and self.feature_net is None
+        if self.protocol != protocol.name and not (published and protocol.name in INCEPTION_PROTOCOLS):
             raise ProtocolError(
                 f"reference {path} was computed under protocol {self.protocol!r}, not {protocol.name!r}; "
                 f"make one with `eldistill ref-stats --protocol {protocol.name}`"
@@ -189,7 +201,7 @@ def load_feature_net(protocol: Protocol, path: str | Path | None = None, device:
     """The protocol's feature network: a callable on float (B, 3, H, W) images in [0, 255] -> (B, D), with
     `.id` (what records cite) and `.dim`. For the paper protocol `path` is the Inception detector file
     (optional: a cache is searched); for the miniature it is the classifier checkpoint (required)."""
-    if protocol.name == PAPER:
+    if protocol.name in INCEPTION_PROTOCOLS:
         from eldistill.metrics.inception import InceptionFeatures
 
         return InceptionFeatures(path, device)

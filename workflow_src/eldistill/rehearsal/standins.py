@@ -24,7 +24,9 @@ import gzip
 import hashlib
 import io
 import pickle
+import re
 import tarfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -184,9 +186,10 @@ def write_inception(path: Path) -> Path:
     """The TorchScript stand-in, re-zipped with fixed times and no debug records (they hold this file's path and
     torch.jit.save adds a random serialization id), so the bytes do not depend on where or when it was made."""
     torch.manual_seed(SEED)
-    module = torch.jit.script(_StandinInception().eval())
     buffer = io.BytesIO()
-    torch.jit.save(module, buffer)
+    with warnings.catch_warnings():  # TorchScript is deprecated, but it is the published detector's format
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(_StandinInception().eval()), buffer)
     entries = {}
     with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as zf:
         for info in zf.infolist():
@@ -230,13 +233,31 @@ def make_standins(out: str | Path = "rehearsal") -> dict[str, Path]:
     return served
 
 
+def pin(config: str | Path, digests: dict[str, str]) -> int:
+    """Rewrite the `sha256:` line after each `url: "file:rehearsal/standins/<name>"` of an overlay config (text
+    edit: comments stay); returns how many pins changed."""
+    lines = Path(config).read_text().splitlines(keepends=True)
+    changed = 0
+    for i, line in enumerate(lines[:-1]):
+        url = re.search(r'url: "file:rehearsal/standins/([^"]+)"', line)
+        pinned = re.match(r"(\s*sha256: )([0-9a-f]{64})(\s*)$", lines[i + 1])
+        if url and pinned and url.group(1) in digests and pinned.group(2) != digests[url.group(1)]:
+            lines[i + 1] = pinned.group(1) + digests[url.group(1)] + pinned.group(3)
+            changed += 1
+    Path(config).write_text("".join(lines))
+    return changed
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="rehearsal", help="folder to write into (config/rehearsal.yaml: rehearsal)")
+    parser.add_argument("--pin", default=None, help="also rewrite the sha256 pins of this overlay config")
 
 
 def run(args: argparse.Namespace) -> int:
     served = make_standins(args.out)
+    digests = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in served.items()}
     for name, path in served.items():
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        print(f"{digest}  {path}  ({name})")
+        print(f"{digests[name]}  {path}")
+    if args.pin:
+        print(f"{args.pin}: {pin(args.pin, digests)} sha256 pin(s) updated")
     return 0
