@@ -141,13 +141,13 @@ rule encode_latent_dataset:
         f"{LOGS}/encode_latent_dataset/{{prepared}}.log",
     wildcard_constraints:
         prepared=one_of(ENCODED),
-    threads: 4
+    threads: 4 if ON_GPU else 1  # a CPU-only config (the rehearsal) gets the CPU job of any other rule
     resources:
         gpu=1 if ON_GPU else 0,
         tasks_per_gpu=0,
-        cpus_per_task=0,  # lets the profile's cpus_per_gpu reach sbatch (rules/distill.smk)
+        cpus_per_task=0 if ON_GPU else 1,  # 0 lets the profile's cpus_per_gpu reach sbatch (rules/distill.smk)
         runtime=lambda wc, attempt: retry_runtime(1440, attempt, MAX_RUNTIME),  # 1.28 M images through the VAE
-        mem_mb=32000,
+        mem_mb=32000 if ON_GPU else 4000,
     params:
         args=encode_arguments,
     shell:

@@ -13,6 +13,10 @@ Written under OUT (default `rehearsal/`, relative to the working directory):
                                             (.pkl: {"fid": {"mu", "sigma"}}) formats, 2048-d
     data/downloads/...                      the image folders a site downloads itself (FFHQ's images1024x1024,
                                             AFHQv2, ImageNet's CLS-LOC/train with synset sub-folders)
+    data/sd-vae-ft-mse/                     the SD VAE folder a site keeps (diffusers' config.json + safetensors
+                                            weights): a tiny AutoencoderKL with the same 8x down-sampling and 4
+                                            latent channels, which encodes the ImageNet 512 latents and decodes FID
+                                            samples
 Every file is byte-for-byte deterministic (fixed seeds, fixed zip and tar times, renumbered tensor storage keys),
 so config/rehearsal.yaml can pin each URL's sha256; tests/workflow/test_rehearsal.py checks that they agree.
 """
@@ -218,6 +222,26 @@ def write_reference(name: str, path: Path) -> Path:
     return atomic_write_bytes(_fixed_zip(entries), path)
 
 
+def write_vae(folder: Path) -> Path:
+    """diffusers' AutoencoderKL at the SD VAE's shape (4 blocks: 8x down/up-sampling, 4 latent channels), tiny."""
+    import diffusers
+
+    torch.manual_seed(SEED)
+    vae = diffusers.AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=64,
+    )
+    vae.save_pretrained(folder)
+    return folder
+
+
 def make_standins(out: str | Path = "rehearsal") -> dict[str, Path]:
     """Write every stand-in under OUT; returns {relative path: path} of the files served by URL."""
     out = Path(out)
@@ -230,6 +254,7 @@ def make_standins(out: str | Path = "rehearsal") -> dict[str, Path]:
     for name in REFERENCES:
         served[f"fid-refs/{name}"] = write_reference(name, standins / "fid-refs" / name)
     write_image_folders(out / "data")
+    write_vae(out / "data" / "sd-vae-ft-mse")
     return served
 
 
