@@ -9,6 +9,9 @@ Written under OUT (default `rehearsal/`, relative to the working directory):
     standins/cifar-10-python.tar.gz         the CIFAR-10 python tarball's format (pickled batches), few images
     standins/inception-2015-12-05.pt        a TorchScript module with the detector's interface (clean-fid's
                                             InceptionV3W calls base(x, return_features=True) -> (B, 2048))
+    standins/lpips/vgg16.pth, vgg.pth       LPIPS weights in the published state-dict formats (torchvision's VGG16
+                                            `features.<i>.*`, PerceptualSimilarity v0.1's `lin<k>.model.1.weight`),
+                                            full VGG16 shapes, random values
     standins/fid-refs/*.npz, img512.pkl     reference statistics in EDM's (.npz: mu, sigma) and EDM2's
                                             (.pkl: {"fid": {"mu", "sigma"}}) formats, 2048-d
     data/downloads/...                      the image folders a site downloads itself (FFHQ's images1024x1024,
@@ -242,6 +245,32 @@ def write_vae(folder: Path) -> Path:
     return folder
 
 
+def _fixed_torch_save(state: dict, path: Path) -> Path:
+    """torch.save, re-zipped with fixed times and serialization id (torch.save draws a random one)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    entries = {}
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as zf:
+        for info in zf.infolist():
+            data = zf.read(info)
+            entries[info.filename] = b"0" * len(data) if info.filename.endswith("serialization_id") else data
+    return atomic_write_bytes(_fixed_zip(entries), path)
+
+
+def write_lpips(folder: Path) -> dict[str, Path]:
+    """LPIPS's two published files with their exact key names and shapes (random values, fixed seed)."""
+    from eldistill.distillers.lpips import CHANNELS, vgg16_features
+
+    gen = torch.Generator().manual_seed(SEED)
+    shapes = {f"features.{k}": v.shape for k, v in vgg16_features().state_dict().items()}
+    vgg = {key: torch.randn(shape, generator=gen) * 0.02 for key, shape in shapes.items()}
+    lin = {f"lin{k}.model.1.weight": torch.rand((1, c, 1, 1), generator=gen) * 0.1 for k, c in enumerate(CHANNELS)}
+    return {
+        "lpips/vgg16.pth": _fixed_torch_save(vgg, folder / "vgg16.pth"),
+        "lpips/vgg.pth": _fixed_torch_save(lin, folder / "vgg.pth"),
+    }
+
+
 def make_standins(out: str | Path = "rehearsal") -> dict[str, Path]:
     """Write every stand-in under OUT; returns {relative path: path} of the files served by URL."""
     out = Path(out)
@@ -251,6 +280,7 @@ def make_standins(out: str | Path = "rehearsal") -> dict[str, Path]:
         served[f"teachers/{name}.pkl"] = write_teacher(name, standins / "teachers" / f"{name}.pkl")
     served["cifar-10-python.tar.gz"] = write_cifar10_tarball(standins / "cifar-10-python.tar.gz")
     served["inception-2015-12-05.pt"] = write_inception(standins / "inception-2015-12-05.pt")
+    served.update(write_lpips(standins / "lpips"))
     for name in REFERENCES:
         served[f"fid-refs/{name}"] = write_reference(name, standins / "fid-refs" / name)
     write_image_folders(out / "data")
