@@ -34,7 +34,7 @@ def read_state(path: str | Path, state_format: str) -> dict[str, Any]:
     try:
         record = load_torch_file(path, "cpu", "training state")  # bounded: a damaged file cannot exhaust memory
     except Exception as e:  # torch raises many types on damaged files
-        raise DamagedFileError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+        raise DamagedFileError(f"{path}: unreadable training state ({type(e).__name__}: {e})") from None
     if not isinstance(record, dict) or record.get("format") != state_format:
         found = record.get("format") if isinstance(record, dict) else type(record).__name__
         raise DamagedFileError(f"{path}: not a state of format {state_format!r} (found {found!r})")
