@@ -2,7 +2,8 @@
 #   snakemake --cores 2 all_tables                           the CPU miniature (config/config.yaml)
 #   snakemake --profile slurm all_tables                     the paper's grid on SLURM (config/paper.yaml)
 #   snakemake --cores 2 all_tables --configfile=config/ci.yaml   seconds (tests)
-# Targets: all, all_tables, all_figures, diff, report (results/<scale>/report.html), table_<name>, figure_<name>.
+# Targets: all (tables, figures, diff and the HTML report results/<scale>/report.html), all_tables,
+# all_figures, diff, report, table_<name>, figure_<name>.
 from snakemake.utils import min_version
 
 min_version("9.20")
@@ -23,6 +24,7 @@ rule all:
         TABLE_FILES,
         FIGURE_FILES,
         f"{RESULTS}/diff/diff.csv",
+        f"{RESULTS}/report.html",
 
 
 rule all_tables:

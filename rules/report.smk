@@ -154,6 +154,36 @@ for _figure in FIGURES:
 # `snakemake report`: everything, then Snakemake's own HTML report (tables, figures, the diff, the provenance
 # of each job) as one self-contained file. --nolock: the running Snakemake holds the lock of this directory.
 REPORT_CONFIGFILES = " ".join(str(Path(f).resolve()) for f in workflow.configfiles)
+# The report opens on this description (rules/report/workflow.rst until `landing` has written it).
+LANDING_RST = f"{RESULTS}/report/landing.rst"
+
+
+REPORT_DESCRIPTION = (
+    str(Path(LANDING_RST).resolve())
+    if Path(LANDING_RST).is_file()
+    else "report/workflow.rst"
+)
+
+
+report: REPORT_DESCRIPTION
+
+
+# The report's first page: what was run, the claims' verdicts and the main table (eldistill.report.landing).
+rule landing:
+    input:
+        TABLE_FILES,
+    output:
+        rst=LANDING_RST,
+        yaml=f"{RESULTS}/report/landing.yaml",
+    log:
+        f"{LOGS}/landing.log",
+    localrule: True
+    params:
+        tables=f"{RESULTS}/tables",
+        description=CFG["description"],
+    shell:
+        "eldistill landing --tables {params.tables} --scale {SCALE} --description {params.description:q}"
+        " --out {output.yaml} > {log} 2>&1"
 
 
 rule report:
@@ -161,6 +191,8 @@ rule report:
         TABLE_FILES,
         FIGURE_FILES,
         f"{RESULTS}/diff/diff.csv",
+        landing=f"{RESULTS}/report/landing.yaml",
+        description=LANDING_RST,
     output:
         f"{RESULTS}/report.html",
     log:
@@ -170,7 +202,8 @@ rule report:
         snakefile=workflow.main_snakefile,
         configfiles=f"--configfile {REPORT_CONFIGFILES}" if REPORT_CONFIGFILES else "",
     shell:
-        "snakemake --snakefile {params.snakefile} --nolock --report {output} {params.configfiles} > {log} 2>&1"
+        "snakemake --snakefile {params.snakefile} --nolock --report {output} {params.configfiles}"
+        " --report-metadata {input.landing} > {log} 2>&1"
 
 
 # `snakemake --nolock progress` (or `eldistill progress --configfile ...`): at any time during a campaign, the

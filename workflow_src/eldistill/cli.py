@@ -35,6 +35,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "diff": ("eldistill.report.diff", "compare produced tables with the paper's reported numbers"),
     "progress": ("eldistill.report.progress", "where a campaign stands: current tables, diff and a summary"),
     "make-standins": ("eldistill.rehearsal.standins", "write the rehearsal's stand-ins of every published file"),
+    "landing": ("eldistill.report.landing", "the HTML report's first page: what was run, claims, main table"),
     "launch": ("eldistill.launch", "submit cells straight to SLURM with submitit"),
 }
 # Verbs that save their state and exit 3 on SIGTERM/SIGUSR1: their handler is installed before anything else.

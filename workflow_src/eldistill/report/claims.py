@@ -52,7 +52,17 @@ CLAIM_COLUMNS = (
     "protocol",
     "detail",
 )
-SUMMARY_COLUMNS = ("n_seeds", "fid_mean", "fid_sd", "fid_ci_low", "fid_ci_high")
+EFFECT_COLUMNS = (
+    *SETTING,
+    "key_on",
+    "key_off",
+    "n_seeds",
+    "fid_diff_mean",
+    "fid_diff_ci_low",
+    "fid_diff_ci_high",
+    "p_value",
+    "verdict",
+)
 
 
 def t_interval(values, confidence: float = CONFIDENCE) -> tuple[float, float, float, float]:
@@ -322,4 +332,4 @@ def paired_el_differences(cells: pd.DataFrame) -> pd.DataFrame:
                 "verdict": verdict(low, high, -1),
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
