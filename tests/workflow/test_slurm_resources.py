@@ -61,3 +61,40 @@ def test_sbatch_gets_the_gpus_cpus_and_time_of_the_plan(slurm_cluster, tmp_path)
     assert fields["CpusPerTres"] in ("gres:gpu:2", "gres/gpu:2"), job  # --cpus-per-gpu=2
     hours, minutes = divmod(want["runtime_min"], 60)
     assert fields["TimeLimit"] == f"{hours:02d}:{minutes:02d}:00", job
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_retry_asks_more_time_but_never_more_than_the_limit(slurm_cluster, tmp_path):
+    """The distill job is refused by sbatch on every attempt (it asks for more memory than the node has), so the
+    controller's log shows each attempt's sbatch line: 11 min, then min(limit 15, 2 x 11) = 15, not 22."""
+    if slurm_cluster["gpus_per_node"] < 1:
+        pytest.skip("the local SLURM runs without a fake GPU")
+    overlay = tmp_path / "gpu.yaml"
+    overlay.write_text(
+        yaml.safe_dump(
+            {
+                "hardware": {"gpus_per_node": 1, "max_runtime_min": 15},
+                "teachers": {"digits-uncond": {"params": 56_000_000, "train": {"total_images": 64}}},
+                "only_experiments": ["frameworks"],
+            }
+        )
+    )
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    config = yaml.safe_load((REPO / "slurm" / "local" / "config.yaml").read_text())
+    config.update(retries=2, **{"keep-going": True})
+    config["set-resources"] = {"distill": {"cpus_per_gpu": 2, "mem_mb": 10**8}}  # 100 TB: refused at once
+    config.pop("configfile", None)
+    (profile / "config.yaml").write_text(yaml.safe_dump(config))
+    g = build_grid(load_config([CI, overlay]))
+    cell_id = g.rows[0]["cell_id"]
+    assert g.plans[cell_id]["runtime_min"] == 11
+    work = tmp_path / "work"
+    target = f"results/ci/runs/{cell_id}/generator.pt"
+    args = ["--profile", str(profile), target, "--configfile", str(CI), str(overlay), "--directory", str(work)]
+    result = snakemake(args, timeout=900)
+    assert result.returncode != 0
+    log = "".join(p.read_text() for p in (work / ".snakemake" / "log").glob("*.log"))
+    calls = [line for line in log.splitlines() if line.strip().startswith("sbatch ") and "rule_distill" in line]
+    assert [re.search(r" -t (\d+) ", c).group(1) for c in calls] == ["11", "15", "15"], calls
