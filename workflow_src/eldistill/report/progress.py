@@ -97,8 +97,8 @@ def gpu_hours(grid: Grid, states: dict[str, dict], benchmarks: Path) -> tuple[fl
         wall = read_benchmark(benchmarks / f"{cell_id}.tsv")
         if not math.isnan(wall):
             spent += wall * plan["gpus"] / 3600
-        if states[cell_id]["state"] in ("running", "failed", "not_run"):
-            left += plan["runtime_min"] * plan["gpus"] / 60
+        if states[cell_id]["state"] in ("running", "failed", "not_run"):  # every segment once, as `eldistill grid`
+            left += plan["gpus"] * plan.get("segments", 1) * plan["runtime_min"] / 60
     return spent, left
 
 
