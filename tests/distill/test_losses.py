@@ -175,6 +175,16 @@ def test_unknown_distiller_arg_is_named():
         build_distiller("cm", Denoiser(1.0, 0.0), {"distance": "dists"})  # lpips is valid since it landed
 
 
+def test_sida_clip_value_null_means_no_clipping():
+    """config/paper.yaml's ImageNet 512 recipe sets clip_value: null (SiDA's EDM2 loop does not clip); the
+    rehearsal found every such cell refused at its start."""
+    for name in ("sida", "sid2a"):
+        d = build_distiller(name, Denoiser(1.0, 0.0), {"clip_value": None})
+        assert {p.clip_value for p in d.phases(10**9, 0)} == {None}
+    with pytest.raises(ValueError, match="'alpha' of distiller 'sida' must be a finite number"):
+        build_distiller("sida", Denoiser(1.0, 0.0), {"alpha": None})  # null stays refused elsewhere
+
+
 # --- reference details ----------------------------------------------------------------------------------------
 class FeatureDenoiser(Denoiser):
     """The stand-in denoiser plus a 'bottleneck' tanh(w c_in x + b) of shape (n, 1, 2, 2), recording the labels

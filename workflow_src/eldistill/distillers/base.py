@@ -55,6 +55,8 @@ class Distiller:
     # Conditional teachers: True draws the generator's labels from the dataset (the reference loops condition
     # the generator on the labels of the real batch they read), False uniformly over the classes (DMD2).
     labels_from_data: ClassVar[bool] = False
+    # distiller_args whose null is a setting of its own (e.g. SiDA's clip_value: null = no clipping)
+    NULLABLE: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -64,7 +66,7 @@ class Distiller:
         augment_p: float = 0.0,
         lpips: str = "",
     ):
-        self.args = resolve_args(self.name, self.DEFAULTS, args or {})
+        self.args = resolve_args(self.name, self.DEFAULTS, args or {}, self.NULLABLE)
         self.lpips_folder = lpips  # cell.lpips: where the LPIPS weights are, for a distiller that measures with it
         self._lpips = None
         self.teacher = teacher.eval().requires_grad_(False)
@@ -121,7 +123,9 @@ class Distiller:
         """Called after the optimizers of `phase` stepped (CM updates its target here)."""
 
 
-def resolve_args(name: str, defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def resolve_args(
+    name: str, defaults: dict[str, Any], overrides: dict[str, Any], nullable: tuple[str, ...] = ()
+) -> dict[str, Any]:
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         raise ValueError(
@@ -129,7 +133,7 @@ def resolve_args(name: str, defaults: dict[str, Any], overrides: dict[str, Any])
             f"known: {', '.join(sorted(defaults))}"
         )
     for key, value in overrides.items():
-        wanted = _same_type(defaults[key], value)
+        wanted = None if (value is None and key in nullable) else _same_type(defaults[key], value)
         if wanted:
             raise ValueError(f"distiller_args: '{key}' of distiller {name!r} must be {wanted}, got {value!r}")
     return {**defaults, **overrides}

@@ -46,6 +46,8 @@ class SiDA(SiD):
         "generator_freeze_images": 100_000,  # the generator optimizer does not step before this
         "clip_value": 1.0,  # gradient value clipping on the fake score / discriminator
     }
+    # null: no clipping, as SiDA's EDM2 loop (clipping commented out; config/paper.yaml recipes.imagenet512)
+    NULLABLE = ("clip_value",)
 
     def phases(self, images_seen: int, iteration: int) -> list[Phase]:
         a = self.args
