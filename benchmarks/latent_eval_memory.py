@@ -26,25 +26,17 @@ import torch
 
 
 def child(n: int, latent_res: int, batch: int, device: str) -> dict:
-    import diffusers
-
     from eldistill.metrics.evaluate import generated_stats
     from eldistill.nets import build_network
     from eldistill.nets.latent import LatentCodec
+    from eldistill.rehearsal.standins import tiny_autoencoderkl
 
     torch.manual_seed(0)
     net = build_network(
         {"class_name": "EDM2Precond", "img_resolution": latent_res, "img_channels": 4, "label_dim": 10,
          "use_fp16": False, "model_channels": 16, "channel_mult": [1, 2], "num_blocks": 1, "attn_resolutions": []}
     ).to(device).eval()  # fmt: skip
-    vae = diffusers.AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(16, 16, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-    )
+    vae = tiny_autoencoderkl(channels=16, norm_groups=8)
     codec = LatentCodec(vae, batch_size=4).to(device)  # EDM2 decodes 4 images per VAE call when generating
 
     class Detector:

@@ -17,6 +17,7 @@ import torch
 from eldistill.checkpoints import save_network
 from eldistill.nets import build_network
 from eldistill.nets.latent import edm2_scale_bias
+from eldistill.rehearsal.standins import tiny_autoencoderkl
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_SCRIPTS = REPO / "slurm" / "local"
@@ -115,21 +116,8 @@ def save_tiny_edm2_teacher(path: Path, label_dim: int = 3, res: int = 8) -> Path
 def tiny_vae(folder: Path, seed: int = 0) -> Path:
     """A diffusers AutoencoderKL with a tiny random config (8x down/up-sampling, 4 latent channels),
     saved as a local folder the way sd-vae-ft-mse is used (config.json + weights)."""
-    import diffusers
-
     torch.manual_seed(seed)
-    vae = diffusers.AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=32,
-    )
-    vae.save_pretrained(folder)
+    tiny_autoencoderkl().save_pretrained(folder)
     return folder
 
 

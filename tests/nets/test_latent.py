@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from eldistill.nets.latent import RAW_MEAN, RAW_STD, LatentCodec, edm2_scale_bias
+from eldistill.rehearsal.standins import tiny_autoencoderkl
 
 MIX = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.5, 0.25, 0.25]])  # 3 -> 4 channels
 
@@ -96,20 +97,8 @@ def test_scale_bias_from_a_converted_teacher_and_errors(tmp_path):
 
 
 def test_real_autoencoderkl_from_a_local_folder(tmp_path):
-    import diffusers  # in the test extra, so CI never skips this
-
     torch.manual_seed(0)
-    tiny = diffusers.AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=32,
-    )
+    tiny = tiny_autoencoderkl()  # a real diffusers AutoencoderKL (diffusers is in the test extra)
     tiny.save_pretrained(tmp_path / "vae")
     codec = LatentCodec.from_pretrained(tmp_path / "vae", batch_size=3)
     images = blocky_images(4).repeat(1, 1, 2, 2)  # 32x32

@@ -225,23 +225,28 @@ def write_reference(name: str, path: Path) -> Path:
     return atomic_write_bytes(_fixed_zip(entries), path)
 
 
-def write_vae(folder: Path) -> Path:
-    """diffusers' AutoencoderKL at the SD VAE's shape (4 blocks: 8x down/up-sampling, 4 latent channels), tiny."""
+def tiny_autoencoderkl(channels: int = 8, norm_groups: int = 4, sample_size: int = 32):
+    """diffusers' AutoencoderKL at the SD VAE's shape (4 blocks: 8x down/up-sampling, 4 latent channels), tiny,
+    with weights from torch's global generator (the caller seeds it)."""
     import diffusers
 
-    torch.manual_seed(SEED)
-    vae = diffusers.AutoencoderKL(
+    return diffusers.AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
+        block_out_channels=(channels,) * 4,
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=4,
-        sample_size=64,
+        norm_num_groups=norm_groups,
+        sample_size=sample_size,
     )
-    vae.save_pretrained(folder)
+
+
+def write_vae(folder: Path) -> Path:
+    """The SD VAE folder a site keeps (diffusers' config.json + safetensors weights), a tiny_autoencoderkl."""
+    torch.manual_seed(SEED)
+    tiny_autoencoderkl(sample_size=64).save_pretrained(folder)
     return folder
 
 
