@@ -9,28 +9,11 @@ import copy
 import pytest
 import torch
 
-from eldistill.nets import build_network
 from eldistill.nets.edm2 import defer_forced_normalization, force_normalize_
 
-CONFIG = {
-    "class_name": "EDM2Precond",
-    "img_resolution": 8,
-    "img_channels": 4,
-    "label_dim": 0,
-    "use_fp16": False,
-    "model_channels": 8,
-    "channel_mult": [1, 2],
-    "num_blocks": 1,
-    "attn_resolutions": [4],
-    "logvar_channels": 8,
-}
 
-
-def test_deferred_normalisation_equals_edm2s_in_forward_update():
-    torch.manual_seed(0)
-    reference = build_network(CONFIG).train()
-    with torch.no_grad():
-        reference.unet.out_gain.fill_(1.0)
+def test_deferred_normalisation_equals_edm2s_in_forward_update(latent):
+    reference = latent.tiny_edm2(label_dim=0).train()  # seeded, output gain 1 (EDM2 starts it at 0)
     deferred = copy.deepcopy(reference)
     assert defer_forced_normalization(deferred)
     x, sigma = torch.randn(3, 4, 8, 8), torch.tensor([0.5, 1.0, 2.0])
@@ -47,9 +30,8 @@ def test_deferred_normalisation_equals_edm2s_in_forward_update():
             torch.testing.assert_close(b.grad, a.grad, msg=name)
 
 
-def test_two_calls_before_backward():
-    torch.manual_seed(0)
-    net = build_network(CONFIG).train()
+def test_two_calls_before_backward(latent):
+    net = latent.tiny_edm2(label_dim=0).train()
     x = torch.randn(2, 4, 8, 8)
     with pytest.raises(RuntimeError, match="inplace"):  # EDM2's in-forward update
         (net(x, torch.ones(2)) + net(x, 2 * torch.ones(2))).sum().backward()
