@@ -11,9 +11,6 @@ one float32 array (2C, H/8, W/8) per image, `np.save`d under `NNNNN/img-mean-std
 from __future__ import annotations
 
 import io
-import json
-import os
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,7 +69,7 @@ def write_latent_zip(
 ) -> Path:
     """Encode (image, label) pairs with the VAE folder `vae` and write EDM2's latent zip to `out` (a temporary
     file renamed at the end, so `out` is either absent or complete)."""
-    from eldistill.data.prepare import PrepareError, _entry
+    from eldistill.data.prepare import PrepareError, _entry, dataset_zip
     from eldistill.nets.latent import LatentCodec
 
     out = Path(out)
@@ -80,39 +77,26 @@ def write_latent_zip(
         codec = LatentCodec.from_pretrained(vae, batch_size=batch_size).to(device)
     except ValueError as e:
         raise PrepareError(str(e)) from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    entries: list[list] = []
     shape = None
-    try:
-        with (
-            zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf,
-            tqdm(total=count, desc=f"encoding {out.name}", unit="img") as bar,
-        ):
-            for batch in _batches(images, batch_size):
-                pixels = np.stack([_as_rgb(img) for img, _ in batch])
-                if shape is None:
-                    shape = pixels.shape[1:]
-                    if shape[0] != shape[1] or shape[0] % 8:
-                        raise PrepareError(
-                            f"images must be square with a side divisible by 8, got {shape[1]}x{shape[0]}"
-                        )
-                elif pixels.shape[1:] != shape:
-                    raise PrepareError(f"image {len(entries)}: shape {pixels.shape[1:]} is not the first's {shape}")
-                x = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(device)
-                raw = codec.encode_pixels(x).to(device="cpu", dtype=torch.float32).numpy()
-                for record, (_, label) in zip(raw, batch):
-                    name = record_name(len(entries))
-                    buffer = io.BytesIO()
-                    np.save(buffer, record)
-                    zf.writestr(_entry(name), buffer.getvalue())
-                    entries.append([name, label])
-                bar.update(len(batch))
-            if not entries:
-                raise PrepareError(f"no image to encode; nothing to write to {out}")
-            labelled = all(label is not None for _, label in entries)
-            zf.writestr(_entry("dataset.json"), json.dumps({"labels": entries if labelled else None}))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with (
+        dataset_zip(out, f"no image to encode; nothing to write to {out}") as (zf, entries),
+        tqdm(total=count, desc=f"encoding {out.name}", unit="img") as bar,
+    ):
+        for batch in _batches(images, batch_size):
+            pixels = np.stack([_as_rgb(img) for img, _ in batch])
+            if shape is None:
+                shape = pixels.shape[1:]
+                if shape[0] != shape[1] or shape[0] % 8:
+                    raise PrepareError(f"images must be square with a side divisible by 8, got {shape[1]}x{shape[0]}")
+            elif pixels.shape[1:] != shape:
+                raise PrepareError(f"image {len(entries)}: shape {pixels.shape[1:]} is not the first's {shape}")
+            x = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(device)
+            raw = codec.encode_pixels(x).to(device="cpu", dtype=torch.float32).numpy()
+            for record, (_, label) in zip(raw, batch):
+                name = record_name(len(entries))
+                buffer = io.BytesIO()
+                np.save(buffer, record)
+                zf.writestr(_entry(name), buffer.getvalue())
+                entries.append([name, label])
+            bar.update(len(batch))
     return out

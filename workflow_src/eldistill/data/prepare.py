@@ -40,6 +40,7 @@ import sys
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -203,40 +204,49 @@ def _entry(name: str) -> zipfile.ZipInfo:
     return info
 
 
-def write_edm_zip(images: Iterator[tuple[np.ndarray, int | None]], count: int, out: str | Path, desc: str) -> Path:
-    """Stream (image, label) pairs into `out` in dataset_tool.py's layout; written to a temporary file in the
-    same folder and renamed, so `out` is either absent or complete."""
-    out = Path(out)
+@contextmanager
+def dataset_zip(out: Path, empty_message: str) -> Iterator[tuple[zipfile.ZipFile, list[list]]]:
+    """Yield (zip, entries) for a dataset zip written to a temporary file beside `out`: the caller writes each
+    record and appends [name, label] to entries; on a clean exit dataset.json gets the labels (None if any
+    record has none) and the file is renamed to `out`, so `out` is either absent or complete."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     entries: list[list] = []
-    attrs = None
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-            for img, label in tqdm(images, total=count, desc=desc, unit="img"):
-                index = len(entries)
-                name = f"{index:08d}"[:5] + f"/img{index:08d}.png"
-                shape = (img.shape[1], img.shape[0], img.shape[2] if img.ndim == 3 else 1)
-                if attrs is None:
-                    attrs = shape
-                    width, height, channels = shape
-                    if width != height or width & (width - 1):
-                        raise PrepareError(f"{name}: images must come out square, a power of two; got {width}x{height}")
-                    if channels not in (1, 3):
-                        raise PrepareError(f"{name}: images must be greyscale or RGB, got {channels} channels")
-                elif shape != attrs:
-                    raise PrepareError(f"{name}: (width, height, channels) {shape} is not the first image's {attrs}")
-                png = io.BytesIO()
-                PIL.Image.fromarray(img, {1: "L", 3: "RGB"}[shape[2]]).save(png, format="png", compress_level=0)
-                zf.writestr(_entry(name), png.getvalue())
-                entries.append([name, label])
+            yield zf, entries
             if not entries:
-                raise PrepareError(f"no image survived the transform; nothing to write to {out}")
+                raise PrepareError(empty_message)
             labelled = all(label is not None for _, label in entries)
             zf.writestr(_entry("dataset.json"), json.dumps({"labels": entries if labelled else None}))
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_edm_zip(images: Iterator[tuple[np.ndarray, int | None]], count: int, out: str | Path, desc: str) -> Path:
+    """Stream (image, label) pairs into `out` in dataset_tool.py's layout; written to a temporary file in the
+    same folder and renamed, so `out` is either absent or complete."""
+    out = Path(out)
+    attrs = None
+    with dataset_zip(out, f"no image survived the transform; nothing to write to {out}") as (zf, entries):
+        for img, label in tqdm(images, total=count, desc=desc, unit="img"):
+            index = len(entries)
+            name = f"{index:08d}"[:5] + f"/img{index:08d}.png"
+            shape = (img.shape[1], img.shape[0], img.shape[2] if img.ndim == 3 else 1)
+            if attrs is None:
+                attrs = shape
+                width, height, channels = shape
+                if width != height or width & (width - 1):
+                    raise PrepareError(f"{name}: images must come out square, a power of two; got {width}x{height}")
+                if channels not in (1, 3):
+                    raise PrepareError(f"{name}: images must be greyscale or RGB, got {channels} channels")
+            elif shape != attrs:
+                raise PrepareError(f"{name}: (width, height, channels) {shape} is not the first image's {attrs}")
+            png = io.BytesIO()
+            PIL.Image.fromarray(img, {1: "L", 3: "RGB"}[shape[2]]).save(png, format="png", compress_level=0)
+            zf.writestr(_entry(name), png.getvalue())
+            entries.append([name, label])
     return out
 
 
