@@ -16,40 +16,45 @@ from .conftest import REPO, snakemake
 CI = REPO / "config" / "ci.yaml"
 
 
-@pytest.mark.slurm
-@pytest.mark.slow
-def test_sbatch_gets_the_gpus_cpus_and_time_of_the_plan(slurm_cluster, tmp_path):
-    if slurm_cluster["gpus_per_node"] < 1:
-        pytest.skip("the local SLURM runs without a fake GPU")
-    # the ci config, planned as a GPU cluster: a teacher counted as 56 M parameters gets a GPU (it still trains on
-    # the CPU here: the fake GPU has no device); 1 GPU per node, a 45 min site limit
+def run_one_gpu_cell(tmp_path, max_runtime_min: int, distill_resources: dict, **profile_settings):
+    """Snakemake, with the local profile plus what a site sets for GPU rules (`distill_resources` for the distill
+    rule; default-resources keeps its cpus_per_task: 1), asks for one cell of the ci config planned as a GPU
+    cluster: 1 GPU per node, a `max_runtime_min` site limit, a teacher counted as 56 M parameters (a GPU cell; it
+    still trains on the CPU here, the fake GPU has no device) trained for 2 iterations (seconds).
+    Returns the cell's plan, the work folder and snakemake's result."""
     overlay = tmp_path / "gpu.yaml"
     overlay.write_text(
         yaml.safe_dump(
             {
-                "hardware": {"gpus_per_node": 1, "max_runtime_min": 45},
-                # counted as 56 M parameters: a GPU cell; trained for 2 iterations: seconds
+                "hardware": {"gpus_per_node": 1, "max_runtime_min": max_runtime_min},
                 "teachers": {"digits-uncond": {"params": 56_000_000, "train": {"total_images": 64}}},
                 "only_experiments": ["frameworks"],
             }
         )
     )
-    # the local profile plus what a site sets for GPU rules; default-resources keeps its cpus_per_task: 1
     profile = tmp_path / "profile"
     profile.mkdir()
     config = yaml.safe_load((REPO / "slurm" / "local" / "config.yaml").read_text())
-    config["set-resources"] = {"distill": {"cpus_per_gpu": 2, "mem_mb": 1000}}  # the node has 2 CPUs, little memory
+    config.update(profile_settings)
+    config["set-resources"] = {"distill": distill_resources}
     config.pop("configfile", None)
     (profile / "config.yaml").write_text(yaml.safe_dump(config))
-
     g = build_grid(load_config([CI, overlay]))
     cell_id = g.rows[0]["cell_id"]
-    want = g.plans[cell_id]
-    assert (want["gpus"], want["segments"]) == (1, 1) and want["runtime_min"] <= 45
     work = tmp_path / "work"
     target = f"results/ci/runs/{cell_id}/generator.pt"
     args = ["--profile", str(profile), target, "--configfile", str(CI), str(overlay), "--directory", str(work)]
-    result = snakemake(args, timeout=900)
+    return g.plans[cell_id], work, snakemake(args, timeout=900)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_sbatch_gets_the_gpus_cpus_and_time_of_the_plan(slurm_cluster, tmp_path):
+    if slurm_cluster["gpus_per_node"] < 1:
+        pytest.skip("the local SLURM runs without a fake GPU")
+    resources = {"cpus_per_gpu": 2, "mem_mb": 1000}  # the node has 2 CPUs, little memory
+    want, work, result = run_one_gpu_cell(tmp_path, 45, resources)
+    assert (want["gpus"], want["segments"]) == (1, 1) and want["runtime_min"] <= 45
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     logs = list((work / "results" / "logs" / "slurm" / "rule_distill").rglob("*.log"))
     assert len(logs) == 1, logs
@@ -70,30 +75,9 @@ def test_a_retry_asks_more_time_but_never_more_than_the_limit(slurm_cluster, tmp
     controller's log shows each attempt's sbatch line: 11 min, then min(limit 15, 2 x 11) = 15, not 22."""
     if slurm_cluster["gpus_per_node"] < 1:
         pytest.skip("the local SLURM runs without a fake GPU")
-    overlay = tmp_path / "gpu.yaml"
-    overlay.write_text(
-        yaml.safe_dump(
-            {
-                "hardware": {"gpus_per_node": 1, "max_runtime_min": 15},
-                "teachers": {"digits-uncond": {"params": 56_000_000, "train": {"total_images": 64}}},
-                "only_experiments": ["frameworks"],
-            }
-        )
-    )
-    profile = tmp_path / "profile"
-    profile.mkdir()
-    config = yaml.safe_load((REPO / "slurm" / "local" / "config.yaml").read_text())
-    config.update(retries=2, **{"keep-going": True})
-    config["set-resources"] = {"distill": {"cpus_per_gpu": 2, "mem_mb": 10**8}}  # 100 TB: refused at once
-    config.pop("configfile", None)
-    (profile / "config.yaml").write_text(yaml.safe_dump(config))
-    g = build_grid(load_config([CI, overlay]))
-    cell_id = g.rows[0]["cell_id"]
-    assert g.plans[cell_id]["runtime_min"] == 11
-    work = tmp_path / "work"
-    target = f"results/ci/runs/{cell_id}/generator.pt"
-    args = ["--profile", str(profile), target, "--configfile", str(CI), str(overlay), "--directory", str(work)]
-    result = snakemake(args, timeout=900)
+    resources = {"cpus_per_gpu": 2, "mem_mb": 10**8}  # 100 TB: refused at once
+    want, work, result = run_one_gpu_cell(tmp_path, 15, resources, retries=2, **{"keep-going": True})
+    assert want["runtime_min"] == 11
     assert result.returncode != 0
     log = "".join(p.read_text() for p in (work / ".snakemake" / "log").glob("*.log"))
     calls = [line for line in log.splitlines() if line.strip().startswith("sbatch ") and "rule_distill" in line]
