@@ -53,7 +53,7 @@ def one_of(names):
 
 
 # The figures of `eldistill figures` this config has data for: gradvar needs the probe, samples any cell, the
-# others the experiment of their name.
+# others the experiment of their name among the experiments that run (only_experiments may leave some out).
 FIGURES = [
     f
     for f in (
@@ -67,7 +67,7 @@ FIGURES = [
     )
     if (f == "gradvar" and CFG["gradvar"])
     or f in ("samples", "claims")
-    or f in CFG["experiments"]
+    or f in {row.get("experiment") for row in GRID.rows}
 ]
 FIGURES.append("samples_by_dataset")
 

@@ -172,3 +172,15 @@ def test_fresh_checkout_dry_run_shows_the_preparation_jobs(tmp_path):
     assert "cifar-10-python.tar.gz" in download and "--sha256 6d958be0" in download
     assert sum(j["rule"] == "link_dataset" for j in jobs) == 5
     assert not (tmp_path / "data").exists()  # a dry run writes nothing
+
+
+def test_only_experiments_asks_no_figure_of_an_experiment_left_out(tmp_path):
+    """With `only_experiments`, `all` draws the figures of the experiments that run and of nothing else: a figure
+    of an experiment that is defined but left out has no table to read and would fail the run."""
+    only = tmp_path / "only.yaml"
+    only.write_text(yaml.safe_dump({"only_experiments": ["main"]}))
+    args = ["-n", "--profile", str(REPO / "slurm"), "all", "--configfile", str(PAPER), str(only)]
+    result = snakemake([*args, "--directory", str(tmp_path / "work")], cwd=REPO, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = {j["wildcards"]["figure"] for j in jobs_of(result.stdout + result.stderr) if j["rule"] == "figure"}
+    assert figures == {"samples", "claims", "gradvar", "samples_by_dataset"}
