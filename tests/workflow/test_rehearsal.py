@@ -121,7 +121,11 @@ def test_the_paper_grid_runs_end_to_end_on_standins(slurm_cluster, tmp_path):
     paper_jobs = jobs_of(dry.stdout + dry.stderr)
     known = pd.read_csv(KNOWN_MISSING, keep_default_na=False)
     started = collections.Counter(re.findall(r"^(?:local)?rule (\w+):$", text, re.M))
-    for rule, count in collections.Counter(j["rule"] for j in paper_jobs).items():
+    # distill_segment: the earlier segments of a cell longer than the site's time limit. The rehearsal swaps the
+    # budget for one iteration, so no cell needs them; every cell still ends in its `distill` job, counted below,
+    # and tests/workflow/test_segments_workflow.py runs the segments through Snakemake.
+    paper_rules = collections.Counter(j["rule"] for j in paper_jobs if j["rule"] != "distill_segment")
+    for rule, count in paper_rules.items():
         assert started[rule] >= count, (rule, started[rule], count)  # (retries start a job again)
 
     results = work / "results" / "rehearsal"
