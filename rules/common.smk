@@ -6,7 +6,13 @@ from pathlib import Path
 import yaml
 
 from eldistill.cell import LPIPS_FILES
-from eldistill.grid import ConfigError, budget_text, build_grid, merge
+from eldistill.grid import (
+    ConfigError,
+    budget_text,
+    build_grid,
+    merge,
+    prepared_resolution,
+)
 from eldistill.report.common import CONVERGENCE_PAIRS
 from eldistill.resources import retry_runtime, segment_images
 

@@ -41,7 +41,7 @@ def encode_arguments(wildcards):
     prepare = dataset["prepare"]
     args = [
         f"--source {prepare['source']} --input {data_root_path(prepare['input'])}",
-        f"--resolution {dataset['resolution']} --transform {prepare['transform']}",
+        f"--resolution {prepared_resolution(dataset)} --transform {prepare['transform']}",
         f"--vae {data_root_path(dataset['vae'])} --device {'cuda' if ON_GPU else 'cpu'}",
     ]
     if prepare["max_images"]:
@@ -118,7 +118,9 @@ rule prepare_dataset:
         input=lambda wc: data_root_path(
             CFG["datasets"][PREPARED[wc.prepared]]["prepare"]["input"]
         ),
-        resolution=lambda wc: CFG["datasets"][PREPARED[wc.prepared]]["resolution"],
+        resolution=lambda wc: prepared_resolution(
+            CFG["datasets"][PREPARED[wc.prepared]]
+        ),
         transform=lambda wc: CFG["datasets"][PREPARED[wc.prepared]]["prepare"][
             "transform"
         ],

@@ -106,3 +106,27 @@ def test_a_cell_that_needs_lpips_fails_before_training_naming_the_file(make_cell
     ok = make_cell(distiller="cm", distiller_args={"distance": "lpips"}, lpips=str(lpips_dir))
     ok.validate(check_files=True)
     assert Trainer(ok, dist.setup(device="cpu")).distiller.lpips_folder == str(lpips_dir)
+
+
+def test_the_cells_lpips_size_reaches_cm_and_dmds_regression(make_cell, lpips_dir, net_factory):
+    """config lpips.resize -> cell.lpips_resize -> the distiller's LPIPS input size (16 in the rehearsal, 224 in
+    the paper), for CM's distance and DMD1's regression alike; below VGG16's 16 pixels the cell is refused."""
+    net = LPIPS.from_folder(lpips_dir)
+    a, b = torch.rand(2, 1, 8, 8) * 2 - 1, torch.rand(2, 1, 8, 8) * 2 - 1
+
+    def resized(size):
+        return net(*(torch.nn.functional.interpolate(x, size=size, mode="bilinear") for x in (a, b)), resize=0)
+
+    cm = build_distiller("cm", net_factory(), {"distance": "lpips"}, lpips=str(lpips_dir), lpips_resize=16)
+    torch.testing.assert_close(cm.distance(a, b), resized(16))
+    assert not torch.allclose(resized(16), resized(32))  # the size matters, so the check above can fail
+    args = {"regression_distance": "lpips", "regression_weight": 0.25}
+    dmd = build_distiller("dmd", net_factory(), args, lpips=str(lpips_dir), lpips_resize=16)
+    torch.testing.assert_close(dmd.lpips(a, b), resized(16))
+    cell = make_cell(distiller="cm", distiller_args={"distance": "lpips"}, lpips=str(lpips_dir), lpips_resize=16)
+    assert Trainer(cell, dist.setup(device="cpu")).distiller.lpips_resize == 16
+    paper = make_cell(distiller="cm", distiller_args={"distance": "lpips"}, lpips=str(lpips_dir))
+    assert paper.lpips_resize == 224 and paper.cell_id != cell.cell_id
+    assert "lpips_resize" not in paper.result_settings()  # the paper's size: ids from before the setting stay
+    with pytest.raises(CellError, match="'lpips_resize' must be an integer >= 16"):
+        make_cell(distiller="cm", distiller_args={"distance": "lpips"}, lpips=str(lpips_dir), lpips_resize=8)

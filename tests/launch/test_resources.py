@@ -58,6 +58,18 @@ def test_plan_miniature_and_cpu_only_clusters_use_the_cpu():
     assert plan("cifar10", 32, 56_000_000, 256, 0)["gpus"] == 0
 
 
+def test_a_cpu_batch_beyond_host_memory_accumulates_in_rounds():
+    # hand calculation: 0.3 B x 86,099 parameters x 8^2 pixels = 1,653,100.8 B per sample; (4000 - 1000) MiB =
+    # 3,145,728,000 B -> 1902 samples fit; the largest divisor of 8192 that is <= 1902 is 1024: 8 rounds
+    assert resources.cpu_batch_fit(8, 86_099) == 1902
+    assert plan("imagenet64", 8, 86_099, 8192, 0)["batch_gpu"] == 1024
+    assert plan("imagenet64", 8, 86_099, 1024, 0)["batch_gpu"] == 1024  # fits: one round
+    # DMD2's batch 280 on a 1.6 M-parameter net at 8x8: 30,720,000 B per sample -> 102 fit -> 70 (4 rounds)
+    assert resources.cpu_batch_fit(8, 1_600_000) == 102
+    assert plan("imagenet64", 8, 1_600_000, 280, 0)["batch_gpu"] == 70
+    assert plan("imagenet64", 64, 50_000_000, 280, 0)["batch_gpu"] == 1  # never below one sample
+
+
 def test_plan_runtime_and_memory():
     p = plan("cifar10", 32, 56_000_000, 256, 8, total_images=10_000_000, precision="bf16")
     seconds = 10_000_000 * (4 * 3 * 0.09) * 56_000_000 * 32**2 / (4 * 1e14)  # 4 GPUs at the 16-bit throughput

@@ -8,6 +8,7 @@ import csv
 import pytest
 import yaml
 
+import eldistill.grid as grid_module
 from eldistill.cell import Cell
 from eldistill.cli import main
 from eldistill.grid import GRID_COLUMNS, ConfigError, build_grid, grid, load_config, validate_config
@@ -260,6 +261,11 @@ def test_one_line_switches_an_experiment_on_and_another_selects_a_subset(tmp_pat
         (lambda c: c["teacher_evals"]["imagenet64"].update(teacher="x"), "teacher_evals.imagenet64.teacher: unknown"),
         (lambda c: c["protocol"]["references"].update(lsun=""), "protocol.references.lsun: unknown dataset 'lsun'"),
         (lambda c: c["experiments"]["edm2_sizes"].update(enabled="no"), "edm2_sizes.enabled: 'no' is not of type"),
+        (lambda c: c["datasets"]["ffhq"]["prepare"].update(resolution=0), "ffhq.prepare.resolution: 0 is less"),
+        (lambda c: c["datasets"]["ffhq"]["prepare"].update(resolution="8"), "ffhq.prepare.resolution: '8' is not"),
+        (lambda c: c["datasets"]["imagenet512"]["prepare"].update(resolution=60),
+         "datasets.imagenet512.prepare.resolution: 60 is not a multiple of 8"),
+        (lambda c: c["lpips"].update(resize=8), "lpips.resize: 8 is less than the minimum of 16"),
     ],
 )  # fmt: skip
 def test_every_name_in_the_paper_config_is_checked_used_or_not(edit, named):
@@ -317,3 +323,25 @@ def test_plan_csv_and_budget_add_up(tmp_path, capsys):
     for r in rows:
         line = next(line for line in lines if line.split()[:1] == [r["cell_id"]])
         assert line.split()[1:4] == [r["gpus"], r["segments"], r["runtime_min"]]
+
+
+def test_prepared_pixels_and_lpips_size_reach_the_plan_and_the_cells_but_not_the_rows():
+    """datasets.*.prepare.resolution sets the pixels (the plan's network size: latents are 8x smaller) and
+    lpips.resize the LPIPS users' cells (their id too); rows keep the dataset's resolution."""
+    paper = load_config([PAPER])
+    small = copy.deepcopy(paper)
+    for name, resolution in (("ffhq", 8), ("imagenet512", 64)):
+        small["datasets"][name]["prepare"]["resolution"] = resolution
+    small["lpips"]["resize"] = 16
+    assert grid_module.network_size(build_grid(paper).config["datasets"]["imagenet512"]) == 64
+    assert grid_module.network_size(build_grid(small).config["datasets"]["imagenet512"]) == 8
+    assert grid_module.network_size(build_grid(small).config["datasets"]["ffhq"]) == 8
+    a, b = build_grid(paper), build_grid(small)
+    assert [(r["dataset"], r["resolution"]) for r in a.rows] == [(r["dataset"], r["resolution"]) for r in b.rows]
+    pairs = [(r["cell_id"], s["cell_id"]) for r, s in zip(a.rows, b.rows) if r["cell_id"] in a.cells]
+    lpips_ids = [(old, new) for old, new in pairs if a.cells[old].lpips]
+    assert lpips_ids
+    for old, new in lpips_ids:
+        assert (a.cells[old].lpips_resize, b.cells[new].lpips_resize) == (224, 16) and old != new
+    others = [(old, new) for old, new in pairs if not a.cells[old].lpips]
+    assert others and all(old == new for old, new in others)  # the pixels are a preparation setting: no cell id changes

@@ -29,6 +29,7 @@ NETWORKS = {
 }
 CELL_SETTINGS = ("batch", "total_images", "precision", "dropout", "augment_p", "ema_halflife_images", "ema_beta")
 OPTIM_KEYS = ("lr", "betas", "weight_decay", "warmup_images")
+LPIPS_USERS = ("cm", "dmd")  # CM's distance and DMD1's regression measure with LPIPS at the cell's lpips_resize
 
 
 def parse_recipes(text: str) -> dict[tuple[str, str], dict[str, tuple[object, int]]]:
@@ -176,6 +177,8 @@ def test_every_setting_of_every_grid_pair_is_documented(grid, recipes):
         cls = RECIPE_NAMES[distiller][0] if distiller in RECIPE_NAMES else distiller
         needed = set(CELL_SETTINGS) | {f"distiller_args.{k}" for k in REGISTRY[cls].DEFAULTS}
         needed |= {f"optim.{net}.{key}" for net in NETWORKS[cls] for key in OPTIM_KEYS}
+        if cls in LPIPS_USERS:
+            needed.add("lpips_resize")
         for setting in sorted(needed - set(recipes.get((dataset, distiller), {}))):
             missing.append(f"{dataset}/{distiller}: {setting}")
     assert not missing, "RECIPES.md lacks rows for:\n" + "\n".join(sorted(set(missing)))

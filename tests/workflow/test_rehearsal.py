@@ -36,7 +36,7 @@ def served_urls(config: dict) -> dict[str, str | None]:
     used = {cell.labels["teacher"] for cell in build_grid(config).cells.values()}  # edm2_sizes is not selected
     urls.update({t["url"]: t.get("sha256") for name, t in config["teachers"].items() if name in used})
     urls[config["protocol"]["feature_net_url"]] = None
-    urls.update({source["url"]: source["sha256"] for source in config["lpips"].values()})
+    urls.update({config["lpips"][key]["url"]: config["lpips"][key]["sha256"] for key in ("vgg16", "lin")})
     urls.update(dict.fromkeys(config["protocol"]["references"].values()))
     return urls
 
@@ -47,14 +47,37 @@ def test_one_rehearsal_cell_for_each_paper_cell_and_only_swapped_settings_differ
     assert len(rehearsal.cells) == len(paper.cells) and len(rehearsal.rows) == len(paper.rows)
     swapped = {"total_images", "snapshot_images", "log_images", "labels", "run_dir", "state_dir", "teacher", "dataset",
                "lpips"}  # fmt: skip
+    lpips_cells = 0
     for p, r in zip(paper.rows, rehearsal.rows):  # the same experiments in the same order
-        assert (p["experiment"], p["distiller"], p["el"], p["batch"], p["dataset"]) == (
-            r["experiment"], r["distiller"], r["el"], r["batch"], r["dataset"],
+        assert (p["experiment"], p["distiller"], p["el"], p["batch"], p["dataset"], p["resolution"]) == (
+            r["experiment"], r["distiller"], r["el"], r["batch"], r["dataset"], r["resolution"],
         )  # fmt: skip
         if p["cell_id"] in paper.cells:
             a, b = paper.cells[p["cell_id"]].to_dict(), rehearsal.cells[r["cell_id"]].to_dict()
             differ = {k for k in a if a[k] != b[k]} - {"cell_id", "batch_gpu", "init_generator"}
-            assert differ <= swapped, (p["cell_id"], differ)
+            # the per-image compute: EL's working size (no other EL setting), LPIPS's input size where LPIPS is used
+            el_differ = {k for k in a["el"] if a["el"][k] != b["el"][k]}
+            assert el_differ <= {"working_size"}, (p["cell_id"], el_differ)
+            assert (a["el"]["working_size"], b["el"]["working_size"]) == (32, 8)
+            if a["lpips"]:
+                assert (a["lpips_resize"], b["lpips_resize"]) == (224, 16), p["cell_id"]
+                lpips_cells += 1
+            assert differ - {"el", "lpips_resize"} <= swapped, (p["cell_id"], differ)
+            assert "lpips_resize" not in differ or a["lpips"], p["cell_id"]
+    assert lpips_cells  # CM's cells measure with LPIPS
+
+
+def test_the_rehearsal_prepares_its_datasets_at_the_overlays_pixels(tmp_path):
+    """datasets.*.prepare.resolution reaches prepare-dataset (8x8 pixels; ImageNet 512: 64x64 images encoded to
+    8x8x4 latents), the size the stand-in teachers work at; the files keep the paper's names."""
+    dry = snakemake(["-n", "-p", "--profile", str(REPO / "slurm" / "local"), "all", "--configfile", str(PAPER),
+                     str(REHEARSAL_YAML), "--directory", str(tmp_path)], timeout=300)  # fmt: skip
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    commands = re.findall(r"eldistill prepare-dataset (--source (?!zip).*)", dry.stdout)
+    sizes = {re.search(r"--out \S*/(\S+\.zip)", c).group(1): int(re.search(r"--resolution (\d+)", c).group(1))
+             for c in commands}  # fmt: skip
+    assert sizes == {"cifar10-32x32.zip": 8, "ffhq-64x64.zip": 8, "afhqv2-64x64.zip": 8, "imagenet-64x64.zip": 8,
+                     "img512-sd.zip": 64}  # fmt: skip
 
 
 def test_the_standins_are_the_pinned_bytes_in_the_published_formats(tmp_path):
@@ -76,11 +99,15 @@ def test_the_standins_are_the_pinned_bytes_in_the_published_formats(tmp_path):
         if (standins / "teachers" / f"{name}.pkl").is_file()
         for net in [load_edm_pickle(standins / "teachers" / f"{name}.pkl")]
     }
-    assert classes["edm-cifar10-32x32-uncond-vp"] == ("EDMPrecond", "SongUNet", 32, 3)
-    assert classes["edm-imagenet-64x64-cond-adm"] == ("EDMPrecond", "DhariwalUNet", 64, 3)
+    # the published classes at the rehearsal's 8x8 (ImageNet 512: 8x8x4 latents), as datasets.*.prepare.resolution
+    assert classes["edm-cifar10-32x32-uncond-vp"] == ("EDMPrecond", "SongUNet", 8, 3)
+    assert classes["edm-imagenet-64x64-cond-adm"] == ("EDMPrecond", "DhariwalUNet", 8, 3)
     assert classes["edm2-img512-xs-2147483-0.135"][0] == "EDM2Precond" and classes["edm2-img512-xs-2147483-0.135"][
         2:
-    ] == (64, 4)
+    ] == (8, 4)
+    for name, dataset in config["datasets"].items():
+        latent = dataset["channels"] == 4
+        assert dataset["prepare"]["resolution"] == (64 if latent else 8), name
     detector = load_feature_net(get_protocol(REHEARSAL), standins / "inception-2015-12-05.pt")
     assert detector.dim == 2048
     reference = load_reference(standins / "fid-refs" / "img512.pkl")

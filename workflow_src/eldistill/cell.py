@@ -24,6 +24,11 @@ EMBEDDER_FAMILIES = ("cnn", "multiscale", "resnet", "attention")
 PRECISIONS = ("fp32", "bf16", "fp16")
 # LPIPS weights a cell reads from its `lpips` folder (eldistill.distillers.lpips), fetched by `eldistill download`.
 LPIPS_FILES = ("vgg16.pth", "lpips_vgg_lin.pth")
+# LPIPS's input size: both images are resized bilinearly to 224 first (openai/consistency_models_cifar10
+# jcm/losses.py L359-366); config `lpips.resize` sets it (the rehearsal: 16, the least VGG16's four pools before
+# relu5_3 take).
+LPIPS_RESIZE = 224
+LPIPS_MIN_RESIZE = 16
 # Networks a distiller trains (each gets its own optimizer) and the settings a cell may give one of them.
 NETWORKS = ("generator", "fake_score", "gan_head")
 NETWORK_OPTIM_KEYS = ("lr", "betas", "weight_decay", "warmup_images")
@@ -79,6 +84,7 @@ class Cell:
     dropout: float | None = None  # dropout of the teacher and its trainable copies; None keeps the teacher's
     augment_p: float = 0.0  # EDM's augmentation of the fake score's (and SiDA's discriminator's) inputs
     lpips: str = ""  # folder of the LPIPS weights (LPIPS_FILES), for CM's or DMD1's LPIPS distance
+    lpips_resize: int = LPIPS_RESIZE  # LPIPS's input size (pixels), for such a cell
     ema_halflife_images: int = 500_000
     ema_beta: float | None = None  # a fixed EMA decay per iteration (CM's 0.9999) instead of the half-life
     snapshot_images: int = 0  # 0 = only the final snapshot
@@ -148,6 +154,8 @@ class Cell:
             for key, default in (("space", "model"), ("vae", "")):  # added later: defaults keep older ids
                 if d["el"].get(key) == default:
                     d["el"].pop(key)
+        if not self.lpips or self.lpips_resize == LPIPS_RESIZE:  # unused without LPIPS; added later (older ids)
+            d.pop("lpips_resize")
         return d
 
     def compute_id(self) -> str:
@@ -243,6 +251,13 @@ class Cell:
         if needs_lpips(self.distiller, self.distiller_args) and not self.lpips:
             raise bad("lpips", f"must name the folder of the LPIPS weights ({', '.join(LPIPS_FILES)}): the cell's "
                       "distiller_args ask for the LPIPS distance")  # fmt: skip
+        if (
+            isinstance(self.lpips_resize, bool)
+            or not isinstance(self.lpips_resize, int)
+            or (self.lpips_resize < LPIPS_MIN_RESIZE)
+        ):
+            raise bad("lpips_resize", f"must be an integer >= {LPIPS_MIN_RESIZE} (VGG16's pools before the last LPIPS "
+                      f"layer halve the image four times), got {self.lpips_resize!r}")  # fmt: skip
         if check_files and self.lpips:
             for name in LPIPS_FILES:
                 if not (Path(self.lpips) / name).is_file():

@@ -39,6 +39,7 @@ from eldistill.resources import (
     CPU_MAX_TEACHER_PARAMS,
     FLOPS_PER_PARAM_PIXEL,
     GPU_FLOPS,
+    LATENT_DOWNSAMPLE,
     PRECISION_THROUGHPUT,
     RUNTIME_OVERHEAD_MIN,
     RUNTIME_SAFETY,
@@ -254,6 +255,19 @@ def _paths(scale: str) -> dict[str, str]:
     }
 
 
+def prepared_resolution(dataset: dict[str, Any]) -> int:
+    """The pixel size `prepare-dataset` writes: `prepare.resolution`, else the dataset's `resolution` (which labels
+    the rows either way: the rehearsal prepares 8x8 pixels under the paper's `ffhq64`)."""
+    return dataset.get("prepare", {}).get("resolution") or dataset["resolution"]
+
+
+def network_size(dataset: dict[str, Any]) -> int:
+    """The spatial size the teacher works at: the prepared pixels, or their latents (8x smaller) for an EDM2
+    latent dataset (channels 4). eldistill.resources.plan passes such a size through unchanged."""
+    pixels = prepared_resolution(dataset)
+    return pixels // LATENT_DOWNSAMPLE if dataset["channels"] == 4 else pixels
+
+
 def _make_cell(
     config: dict[str, Any], settings: dict[str, Any], where: str, teacher_name: str, init_generator: str | None
 ) -> tuple[Cell, dict[str, int], dict[str, Any]]:
@@ -293,6 +307,7 @@ def _make_cell(
         if not config.get("lpips"):
             raise ConfigError(f"config: lpips: {where} measures with LPIPS; give the urls (and sha256) of its weights")
         data["lpips"] = paths["lpips"]  # the workflow downloads the files there (rule download_lpips)
+        data["lpips_resize"] = config["lpips"]["resize"]
     try:
         cell = Cell.from_dict(data, where=where)
     except CellError as e:
@@ -301,7 +316,7 @@ def _make_cell(
     try:
         cell_plan = resources_plan(
             dataset_name,
-            dataset["resolution"],
+            network_size(dataset),
             teacher["params"],
             cell.batch,
             hardware["gpus_per_node"],
@@ -355,6 +370,12 @@ def _check_references(config: dict[str, Any]) -> None:
             raise ConfigError(f"config: datasets.{name}: give either make or path, not both")
         if "prepare" in dataset and "path" not in dataset:
             raise ConfigError(f"config: datasets.{name}.prepare: needs datasets.{name}.path (the file it writes)")
+        pixels = dataset.get("prepare", {}).get("resolution")
+        if pixels is not None and dataset["channels"] == 4 and pixels % LATENT_DOWNSAMPLE:
+            raise ConfigError(
+                f"config: datasets.{name}.prepare.resolution: {pixels} is not a multiple of {LATENT_DOWNSAMPLE}: a "
+                f"latent dataset (channels 4) encodes its images with the VAE's {LATENT_DOWNSAMPLE}x down-sampling"
+            )
         if dataset["channels"] == 4 and "path" in dataset and not dataset.get("vae"):
             raise ConfigError(
                 f"config: datasets.{name}.vae: a latent dataset (channels 4) needs the VAE folder that decodes "
@@ -465,7 +486,7 @@ def _teacher_evals(config: dict[str, Any], result: Grid) -> None:
         nfe = 2 * sampler["steps"] - 1
         seed_ranges = 3 if protocol["aggregation"] == "min-of-3-seeds" else 1
         runtime = teacher_eval_runtime(
-            protocol["num_samples"] * seed_ranges, nfe, teacher["params"], dataset["resolution"], on_gpu,
+            protocol["num_samples"] * seed_ranges, nfe, teacher["params"], network_size(dataset), on_gpu,
             hardware["gpu_flops"],
         )  # fmt: skip
         count, per_job = segments(runtime, hardware["max_runtime_min"])

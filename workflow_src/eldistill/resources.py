@@ -41,6 +41,15 @@ MAX_GPUS = 32  # the largest allocation a shared cluster grants without a specia
 # A teacher below this size is the miniature: it runs on the CPU (DESIGN.md budgets).
 CPU_MAX_TEACHER_PARAMS = 5_000_000
 CPU_MEM_MB = 4000
+# A CPU process gets the whole batch at once unless its activations outgrow CPU_MEM_MB: then it accumulates the
+# batch in rounds (the global-batch EL, eldistill.global_el, keeps the loss independent of the split). Memory
+# model: activations ~ teacher parameters x pixels per sample. Measured: one SiD iteration with the 4x4 EL
+# ensemble on the rehearsal's 76,867-parameter SongUNet at 8x8 grows the peak RSS by 1.42 MB per sample (batch
+# 64 -> 512), i.e. 0.29 bytes per parameter-pixel; the process holds ~800 MB before its batch (torch, networks,
+# dataset). Linear in parameters overestimates wider networks (activations grow with width, parameters with its
+# square), which only makes the split safer.
+CPU_BYTES_PER_PARAM_PIXEL = 0.3
+CPU_BASE_MB = 1000
 
 # Cost of one generated image in a SiD-class iteration, in FLOPs per (teacher parameter x network pixel):
 # about four forward+backward passes of the U-Net (DESIGN.md), each ~3x a forward, and a forward of an
@@ -103,6 +112,12 @@ def max_batch_gpu(net_resolution: int, teacher_params: int, gpu_mem_gb: float = 
     return min(MAX_BATCH_GPU, 2 ** int(math.floor(math.log2(fit))))
 
 
+def cpu_batch_fit(net_resolution: int, teacher_params: int, mem_mb: int = CPU_MEM_MB) -> int:
+    """Samples whose activations fit one CPU process's memory (at least 1), by the model above."""
+    per_sample = CPU_BYTES_PER_PARAM_PIXEL * teacher_params * net_resolution**2
+    return max(1, int((mem_mb - CPU_BASE_MB) * 2**20 // per_sample))
+
+
 def _largest_divisor_at_most(n: int, cap: int) -> int:
     return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
 
@@ -143,7 +158,8 @@ def plan(
     total_min (the whole cell: estimate x RUNTIME_SAFETY + overhead), segments (jobs of at most
     max_runtime_min each) and runtime_min (what each segment's job asks for). precision is the cell's.
 
-    gpus_per_node = 0, or a miniature teacher (< CPU_MAX_TEACHER_PARAMS), gives the CPU plan: gpus 0.
+    gpus_per_node = 0, or a miniature teacher (< CPU_MAX_TEACHER_PARAMS), gives the CPU plan: gpus 0, one process
+    whose batch_gpu is the largest divisor of batch that fits CPU_MEM_MB (cpu_batch_fit).
     Without total_images the cell is one job of max_runtime_min."""
     if not isinstance(dataset, str) or not dataset:
         raise ValueError(f"resources.plan: 'dataset' must be a non-empty name, got {dataset!r}")
@@ -168,7 +184,8 @@ def plan(
 
     cpu = gpus_per_node == 0 or teacher_params < CPU_MAX_TEACHER_PARAMS
     if cpu:
-        gpus, nodes, batch_gpu, flops = 0, 1, batch, CPU_FLOPS
+        gpus, nodes, flops = 0, 1, CPU_FLOPS
+        batch_gpu = _largest_divisor_at_most(batch, cpu_batch_fit(net_res, teacher_params))
     else:
         try:
             fit = max_batch_gpu(net_res, teacher_params, gpu_mem_gb)

@@ -199,7 +199,9 @@ class Trainer:
         # New networks (DMD2's GAN head) start from the cell's seed, the same on every process (DDP averages
         # gradients of identical copies); dropout masks then draw from a per-process stream.
         torch.manual_seed(cell.seed)
-        self.distiller = build_distiller(cell.distiller, teacher, cell.distiller_args, init, cell.augment_p, cell.lpips)
+        self.distiller = build_distiller(
+            cell.distiller, teacher, cell.distiller_args, init, cell.augment_p, cell.lpips, cell.lpips_resize
+        )
         torch.manual_seed(cell.seed * 1_000_003 + 1 + info.rank)
         if init is not None and init_meta.get("sigma_init", self.distiller.sigma_init) != self.distiller.sigma_init:
             raise ValueError(

@@ -15,11 +15,17 @@ assert tuple(sorted(REGISTRY)) == tuple(sorted(DISTILLERS)), "every cell distill
 
 
 def build_distiller(
-    name: str, teacher, args=None, init_generator=None, augment_p: float = 0.0, lpips: str = ""
+    name: str,
+    teacher,
+    args=None,
+    init_generator=None,
+    augment_p: float = 0.0,
+    lpips: str = "",
+    lpips_resize: int | None = None,
 ) -> Distiller:
     if name not in REGISTRY:
         raise ValueError(f"distiller: unknown {name!r}; choose one of {', '.join(DISTILLERS)}")
-    return REGISTRY[name](teacher, args, init_generator, augment_p, lpips)
+    return REGISTRY[name](teacher, args, init_generator, augment_p, lpips, lpips_resize)
 
 
 __all__ = ["REGISTRY", "Distiller", "Phase", "SampleNoise", "build_distiller"]

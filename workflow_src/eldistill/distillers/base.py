@@ -65,9 +65,11 @@ class Distiller:
         init_generator: nn.Module | None = None,
         augment_p: float = 0.0,
         lpips: str = "",
+        lpips_resize: int | None = None,
     ):
         self.args = resolve_args(self.name, self.DEFAULTS, args or {}, self.NULLABLE)
         self.lpips_folder = lpips  # cell.lpips: where the LPIPS weights are, for a distiller that measures with it
+        self.lpips_resize = lpips_resize  # cell.lpips_resize: LPIPS's input size (None: eldistill.distillers.lpips's)
         self._lpips = None
         self.teacher = teacher.eval().requires_grad_(False)
         # EDM's augmentation of the fake score's inputs (cell.augment_p); the teacher must take augment labels.
@@ -90,7 +92,7 @@ class Distiller:
                 raise ValueError(f"{self.name}: the LPIPS distance needs the cell's 'lpips' folder of weights")
             self._lpips = LPIPS.from_folder(self.lpips_folder)
         net = self._lpips.to(a.device)
-        return net(a.float(), b.float())
+        return net(a.float(), b.float(), resize=self.lpips_resize)
 
     # --- what the loop asks ---------------------------------------------------------------------------
     @property

@@ -35,8 +35,8 @@ class CM(Distiller):
         "optimizer": "radam",  # openai/consistency_models and ECT use RAdam
     }
 
-    def __init__(self, teacher, args=None, init_generator=None, augment_p=0.0, lpips=""):
-        super().__init__(teacher, args, init_generator, augment_p, lpips)
+    def __init__(self, teacher, args=None, init_generator=None, augment_p=0.0, lpips="", lpips_resize=None):
+        super().__init__(teacher, args, init_generator, augment_p, lpips, lpips_resize)
         a = self.args
         if a["distance"] not in DISTANCES:
             raise ValueError(f"distiller_args: 'distance' is {a['distance']!r}; choose one of {', '.join(DISTANCES)}")

@@ -30,8 +30,8 @@ class DI(Distiller):
         "loss_scale_g": 1.0,  # `--ls`: generator loss multiplier
     }
 
-    def __init__(self, teacher, args=None, init_generator=None, augment_p=0.0, lpips=""):
-        super().__init__(teacher, args, init_generator, augment_p, lpips)
+    def __init__(self, teacher, args=None, init_generator=None, augment_p=0.0, lpips="", lpips_resize=None):
+        super().__init__(teacher, args, init_generator, augment_p, lpips, lpips_resize)
         self.nets["fake_score"] = fresh_copy(teacher)
 
     def phases(self, images_seen: int, iteration: int) -> list[Phase]:

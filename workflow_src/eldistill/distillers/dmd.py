@@ -67,8 +67,8 @@ class DMD(Distiller):
         "clip_norm": 10.0,  # gradient-norm clipping on every network
     }
 
-    def __init__(self, teacher, args=None, init_generator=None, augment_p=0.0, lpips=""):
-        super().__init__(teacher, args, init_generator, augment_p, lpips)
+    def __init__(self, teacher, args=None, init_generator=None, augment_p=0.0, lpips="", lpips_resize=None):
+        super().__init__(teacher, args, init_generator, augment_p, lpips, lpips_resize)
         a = self.args
         if a["regression_distance"] not in ("l2", "lpips"):
             raise ValueError(

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eldistill.cell import LPIPS_RESIZE
 from eldistill.untrusted.torch_files import load_torch_file
 
 VGG_FILE, LIN_FILE = "vgg16.pth", "lpips_vgg_lin.pth"
@@ -23,7 +24,7 @@ SHIFT = (-0.030, -0.088, -0.188)
 SCALE = (0.458, 0.448, 0.450)
 SLICES = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30))
 CHANNELS = (64, 128, 256, 512, 512)
-RESIZE = 224  # the consistency models' LPIPS input size
+RESIZE = LPIPS_RESIZE  # 224, the consistency models' LPIPS input size (a cell's lpips_resize, config lpips.resize)
 
 
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")

@@ -36,8 +36,8 @@ class SiD(Distiller):
         "return_logvar": False,
     }
 
-    def __init__(self, teacher, args=None, init_generator=None, augment_p=0.0, lpips=""):
-        super().__init__(teacher, args, init_generator, augment_p, lpips)
+    def __init__(self, teacher, args=None, init_generator=None, augment_p=0.0, lpips="", lpips_resize=None):
+        super().__init__(teacher, args, init_generator, augment_p, lpips, lpips_resize)
         self.nets["fake_score"] = fresh_copy(teacher)
         if self.args["return_logvar"] and not has_logvar(teacher):
             raise ValueError(

@@ -5,7 +5,7 @@ Written under OUT (default `rehearsal/`, relative to the working directory):
     standins/teachers/<paper teacher>.pkl   EDM/EDM2 persistence pickles (eldistill.rehearsal.edm_pickle) of tiny
                                             networks of the published classes: EDMPrecond + SongUNet DDPM++ (CIFAR-10,
                                             FFHQ, AFHQv2), EDMPrecond + DhariwalUNet/ADM (ImageNet 64), EDM2's
-                                            Precond + UNet (ImageNet 512 latents), with the paper's resolutions
+                                            Precond + UNet (ImageNet 512 latents), at 8x8 (PIXELS)
     standins/cifar-10-python.tar.gz         the CIFAR-10 python tarball's format (pickled batches), few images
     standins/inception-2015-12-05.pt        a TorchScript module with the detector's interface (clean-fid's
                                             InceptionV3W calls base(x, return_features=True) -> (B, 2048))
@@ -47,21 +47,32 @@ from eldistill.rehearsal.edm_pickle import write_edm_pickle
 
 SEED = 0
 CLASSES = 10  # the stand-ins' conditional datasets and teachers have 10 classes (ImageNet: 10 synsets)
-TINY_SONG = dict(model_channels=16, channel_mult=[1, 1], num_blocks=1, attn_resolutions=[])
+# The stand-ins work at 8x8 (ImageNet 512: 8x8x4 latents of 64x64 images): one iteration of every paper cell at
+# its own batch (up to 8192) must fit the rehearsal's CPU budget; config/rehearsal.yaml prepares the datasets at
+# these sizes (datasets.*.prepare.resolution) while the rows keep the paper's resolutions.
+PIXELS = 8
+TINY_SONG = dict(model_channels=16, channel_mult=[1, 1], num_blocks=1, attn_resolutions=[], img_resolution=PIXELS)
 TEACHERS = {  # paper teacher -> the network config of its stand-in (the published class, tiny)
     "edm-cifar10-32x32-uncond-vp": preset("cifar10", **TINY_SONG, augment_dim=9),
     "edm-cifar10-32x32-cond-vp": preset("cifar10", **TINY_SONG, augment_dim=9, label_dim=CLASSES),
     "edm-ffhq-64x64-uncond-vp": preset("ffhq64", **TINY_SONG, augment_dim=9),
     "edm-afhqv2-64x64-uncond-vp": preset("afhqv2-64", **TINY_SONG, augment_dim=9),
     "edm-imagenet-64x64-cond-adm": preset(
-        "imagenet64", model_channels=16, channel_mult=[1, 1], num_blocks=1, attn_resolutions=[8], label_dim=CLASSES
-    ),
+        "imagenet64",
+        model_channels=16,
+        channel_mult=[1, 1],
+        num_blocks=1,
+        attn_resolutions=[PIXELS],
+        label_dim=CLASSES,
+        img_resolution=PIXELS,
+    ),  # fmt: skip
     "edm2-img512-xs-2147483-0.135": preset(
         "edm2-xs",
+        img_resolution=PIXELS,
         model_channels=16,
         channel_mult=[1, 2],
         num_blocks=1,
-        attn_resolutions=[8],
+        attn_resolutions=[PIXELS],
         label_dim=CLASSES,
         use_fp16=False,
         channels_per_head=16,
