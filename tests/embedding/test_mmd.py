@@ -8,8 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from eldistill.embedding import NonFiniteInputError, median_distance, mmd2
+from eldistill.embedding import mmd as mmd_module
 from eldistill.embedding.mmd import pairwise_sq_dists
 
 
@@ -135,3 +137,34 @@ def test_biased_accepts_a_single_sample_and_nonfinite_is_its_own_error():
     assert torch.isfinite(mmd2(torch.randn(1, 3), torch.randn(2, 3), [1.0], "biased"))
     with pytest.raises(NonFiniteInputError):
         mmd2(torch.randn(3, 3), torch.tensor([[float("nan")] * 3] * 2), [1.0])
+
+
+@pytest.mark.parametrize("estimator", ["biased", "unbiased"])
+@pytest.mark.parametrize("n, m", [(9, 9), (9, 6), (8, 11)])  # blocks that do and do not divide the rows
+def test_a_family_beyond_the_block_size_gives_the_same_loss_gradient_and_median(monkeypatch, estimator, n, m):
+    """The blocked path (batches whose kernels would not fit memory: the batch-8192 cells) against the one-shot
+    one and the float64 definition, with a block size small enough that it runs at these sizes."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, n, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, m, 3, generator=g, dtype=torch.float64) + 0.3
+    bandwidths = torch.tensor([[0.5, 1.0, 2.0], [1.0, 2.0, 4.0]], dtype=torch.float64)
+
+    def loss_and_grad():
+        value = mmd_module.batched_mmd2_unchecked(x, y, bandwidths, estimator)
+        (grad,) = torch.autograd.grad(value.sum(), x)
+        return value.detach(), grad, mmd_module.batched_median_distance(x, y)
+
+    one_shot = loss_and_grad()
+    monkeypatch.setattr(mmd_module, "BLOCK_ELEMENTS", 40)  # blocks of 1-3 rows at these sizes
+    calls = []
+    monkeypatch.setattr(mmd_module, "checkpoint", lambda fn, *a, **kw: calls.append(1) or checkpoint(fn, *a, **kw))
+    blocked = loss_and_grad()
+    assert calls, "the blocked path did not run"
+    for a, b in zip(one_shot, blocked):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    for k in range(2):
+        expected = mmd2_ref(x[k].detach(), y[k], bandwidths[k].tolist(), estimator)
+        assert blocked[0][k].item() == pytest.approx(expected, rel=1e-10, abs=1e-12)
+        z = torch.cat([x[k], y[k]]).detach().numpy()
+        pairs = sorted(float(np.sum((z[i] - z[j]) ** 2)) for i in range(n + m) for j in range(i + 1, n + m))
+        assert blocked[2][k].item() == pytest.approx(math.sqrt(pairs[(len(pairs) - 1) // 2]), rel=1e-12)

@@ -64,6 +64,11 @@ class ELConfig:
     def enabled(self) -> bool:
         return self.weight > 0
 
+    @property
+    def embedders(self) -> int:
+        """The ensemble's size when EL is on, else 0."""
+        return len(self.archs) * self.inits_per_arch if self.enabled else 0
+
 
 @dataclass
 class Cell:

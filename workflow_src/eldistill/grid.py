@@ -326,6 +326,7 @@ def _make_cell(
             max_runtime_min=hardware["max_runtime_min"],
             gpu_flops=hardware["gpu_flops"],
             precision=cell.precision,
+            el_embedders=cell.el.embedders,
         )
     except ValueError as e:
         raise ConfigError(f"config: {where}.batch = {cell.batch} on teacher '{teacher_name}': {e}") from None

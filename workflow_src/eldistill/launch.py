@@ -165,7 +165,7 @@ def plan_cell(
     dataset = str(cell.labels.get("dataset") or Path(cell.dataset).stem)
     p = plan(
         dataset, resolution, params, cell.batch, part.gpus_per_node, total_images=cell.total_images,
-        precision=cell.precision,
+        precision=cell.precision, el_embedders=cell.el.embedders,
     )  # fmt: skip
     # a cell longer than one job's time (p["segments"] > 1) continues through requeues on time-out (max_requeues)
     if gpus is not None:  # the user's count; per-GPU batch re-derived so the batch still divides

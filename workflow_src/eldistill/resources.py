@@ -50,6 +50,11 @@ CPU_MEM_MB = 4000
 # square), which only makes the split safer.
 CPU_BYTES_PER_PARAM_PIXEL = 0.3
 CPU_BASE_MB = 1000
+# The global EL (eldistill.global_el) is an MMD^2 over the whole global batch with the median bandwidth: K x batch^2
+# kernel entries per iteration, which on the CPU outweigh the networks at big batches. Measured on our 2-core
+# machine (one family of 4 embedders, 1024-d features, forward + median + backward): 7.9 s per iteration at batch
+# 2048 and 40 s at 4096 -> ~6e-7 s per embedder per pair. (On GPUs it is small next to the teacher: not modelled.)
+CPU_EL_SECONDS_PER_PAIR = 6e-7
 
 # Cost of one generated image in a SiD-class iteration, in FLOPs per (teacher parameter x network pixel):
 # about four forward+backward passes of the U-Net (DESIGN.md), each ~3x a forward, and a forward of an
@@ -153,6 +158,7 @@ def plan(
     max_gpus: int = MAX_GPUS,
     max_runtime_min: int = MAX_RUNTIME_MIN,
     precision: str = "fp32",
+    el_embedders: int = 0,
 ) -> dict:
     """GPUs, nodes, per-GPU batch, host memory per node (MB) and time of one distillation cell:
     total_min (the whole cell: estimate x RUNTIME_SAFETY + overhead), segments (jobs of at most
@@ -160,7 +166,8 @@ def plan(
 
     gpus_per_node = 0, or a miniature teacher (< CPU_MAX_TEACHER_PARAMS), gives the CPU plan: gpus 0, one process
     whose batch_gpu is the largest divisor of batch that fits CPU_MEM_MB (cpu_batch_fit).
-    Without total_images the cell is one job of max_runtime_min."""
+    Without total_images the cell is one job of max_runtime_min. el_embedders: the EL ensemble's size (0 = EL
+    off), for the CPU's time of the global-batch EL (CPU_EL_SECONDS_PER_PAIR)."""
     if not isinstance(dataset, str) or not dataset:
         raise ValueError(f"resources.plan: 'dataset' must be a non-empty name, got {dataset!r}")
     _positive_int("resolution", resolution)
@@ -169,6 +176,7 @@ def plan(
     _positive_int("gpus_per_node", gpus_per_node, allow_zero=True)
     _positive_int("max_gpus", max_gpus)
     _positive_int("max_runtime_min", max_runtime_min)
+    _positive_int("el_embedders", el_embedders, allow_zero=True)
     if max_runtime_min <= RUNTIME_OVERHEAD_MIN:
         raise ValueError(
             f"resources.plan: 'max_runtime_min' must exceed the {RUNTIME_OVERHEAD_MIN} min start-up overhead of a job, "
@@ -199,6 +207,8 @@ def plan(
         total = max_runtime_min
     else:
         seconds = total_images * FLOPS_PER_PARAM_PIXEL * teacher_params * net_res**2 / flops
+        if cpu:
+            seconds += math.ceil(total_images / batch) * el_embedders * batch**2 * CPU_EL_SECONDS_PER_PAIR
         total = math.ceil(seconds * RUNTIME_SAFETY / 60) + RUNTIME_OVERHEAD_MIN
     count, runtime = segments(total, max_runtime_min)
     mem_mb = CPU_MEM_MB if cpu else HOST_MEM_MB_BASE + HOST_MEM_MB_PER_GPU * (gpus // nodes)

@@ -12,8 +12,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 ESTIMATORS = ("unbiased", "biased")
+# Above this many kernel entries (K x bandwidths x n x m, or K x N^2 pooled distances for the median) one family
+# is computed in blocks of rows: the global EL of a batch-8192 cell (eldistill.global_el) would otherwise hold
+# 4 x 4 x 8192^2 floats (4.3 GB) per kernel matrix, and as much again for the backward, which no CPU job (nor many
+# GPUs) has. Blocks recompute their kernels in the backward (activation checkpointing) instead of keeping them.
+# At or below it (every batch up to 2048 with 4 bandwidths) the one-shot path runs, bit for bit as before.
+BLOCK_ELEMENTS = 2**26
 
 
 class NonFiniteInputError(ValueError):
@@ -128,28 +135,75 @@ def _batched_self_sq_dists(x: torch.Tensor) -> torch.Tensor:
     return d2.masked_fill(torch.eye(x.shape[1], dtype=torch.bool, device=x.device), 0.0)
 
 
+def _upper_pair_values(z: torch.Tensor, rows: int) -> torch.Tensor:
+    """The squared distances of the pairs i < j of the rows of z (N, d), computed `rows` rows at a time."""
+    n = z.shape[0]
+    cols = torch.arange(n, device=z.device)
+    parts = []
+    for a in range(0, n, rows):
+        block = pairwise_sq_dists(z[a : a + rows], z)
+        parts.append(block[cols.unsqueeze(0) > cols[a : a + rows].unsqueeze(1)])
+    return torch.cat(parts)
+
+
 def batched_median_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(K,) median_distance of each of the K pooled sets [x_k; y_k], without gradient."""
     with torch.no_grad():
         z = torch.cat([x, y], 1).detach()
+        k, n = z.shape[0], z.shape[1]
+        if k * n * n > BLOCK_ELEMENTS:  # one pooled set at a time, in blocks of rows; the same lower median
+            rows = max(1, BLOCK_ELEMENTS // (4 * n))
+            pairs = n * (n - 1) // 2
+            med = torch.stack([_upper_pair_values(z[i], rows).kthvalue((pairs - 1) // 2 + 1).values for i in range(k)])
+            med = med.sqrt()
+            return torch.where(med > 0, med, torch.ones_like(med))
         d2 = batched_sq_dists(z, z)
         i, j = torch.triu_indices(z.shape[1], z.shape[1], offset=1, device=z.device)
         med = d2[:, i, j].median(dim=1).values.sqrt()  # the lower median, as torch.median of one set
         return torch.where(med > 0, med, torch.ones_like(med))
 
 
+def _kernel_sum(d2: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Sum over pairs and bandwidths of the RBF kernel, (K,), from squared distances d2 (K, n, m)."""
+    return torch.exp(d2.unsqueeze(1) * scale).sum((1, 2, 3))
+
+
+def _block_kernel_sum(xb: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, offset: int) -> torch.Tensor:
+    """_kernel_sum of the rows xb (K, c, d) against y (K, m, d); offset >= 0: xb is y[:, offset:offset + c] and
+    its pairs with itself are left out (the diagonal of a self-distance matrix)."""
+    d2 = batched_sq_dists(xb, y)
+    if offset >= 0:
+        rows = torch.arange(xb.shape[1], device=xb.device)
+        diagonal = torch.zeros(d2.shape[1:], dtype=torch.bool, device=xb.device)
+        diagonal[rows, rows + offset] = True
+        d2 = d2.masked_fill(diagonal, 0.0)
+    return _kernel_sum(d2, scale)
+
+
+def _blocked_kernel_sum(x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, self_pairs: bool) -> torch.Tensor:
+    """_kernel_sum over x against y in blocks of rows of x, each recomputed in the backward (checkpointed)."""
+    k, s, n, m = x.shape[0], scale.shape[1], x.shape[1], y.shape[1]
+    rows = max(1, BLOCK_ELEMENTS // (4 * k * s * m))
+    total = x.new_zeros(k)
+    for a in range(0, n, rows):
+        offset = a if self_pairs else -1
+        total = total + checkpoint(_block_kernel_sum, x[:, a : a + rows], y, scale, offset, use_reentrant=False)
+    return total
+
+
 def batched_mmd2_unchecked(x: torch.Tensor, y: torch.Tensor, bandwidths: torch.Tensor, estimator: str) -> torch.Tensor:
     """(K,) MMD^2 of each pair (x_k, y_k); x (K, n, d), y (K, m, d), bandwidths (K, S) (one row per k)."""
     with torch.autocast(device_type=x.device.type, enabled=False):
         scale = (-0.5 / bandwidths.pow(2)).unsqueeze(2).unsqueeze(3)  # (K, S, 1, 1)
-
-        def kernel_sum(d2: torch.Tensor) -> torch.Tensor:  # sum over pairs and bandwidths -> (K,)
-            return torch.exp(d2.unsqueeze(1) * scale).sum((1, 2, 3))
-
         n, m = x.shape[1], y.shape[1]
-        kxx = kernel_sum(_batched_self_sq_dists(x))
-        kyy = kernel_sum(_batched_self_sq_dists(y))
-        kxy = kernel_sum(batched_sq_dists(x, y)) / (n * m)
+        if x.shape[0] * scale.shape[1] * max(n, m) ** 2 > BLOCK_ELEMENTS:
+            kxx = _blocked_kernel_sum(x, x, scale, self_pairs=True)
+            kyy = _blocked_kernel_sum(y, y, scale, self_pairs=True)
+            kxy = _blocked_kernel_sum(x, y, scale, self_pairs=False) / (n * m)
+        else:
+            kxx = _kernel_sum(_batched_self_sq_dists(x), scale)
+            kyy = _kernel_sum(_batched_self_sq_dists(y), scale)
+            kxy = _kernel_sum(batched_sq_dists(x, y), scale) / (n * m)
         if estimator == "biased":
             return kxx / (n * n) + kyy / (m * m) - 2.0 * kxy
         diag = float(bandwidths.shape[1])  # k(a, a) = number of bandwidths (distance 0 masked exactly)
