@@ -138,11 +138,12 @@ def _batched_self_sq_dists(x: torch.Tensor) -> torch.Tensor:
 def _upper_pair_values(z: torch.Tensor, rows: int) -> torch.Tensor:
     """The squared distances of the pairs i < j of the rows of z (N, d), computed `rows` rows at a time."""
     n = z.shape[0]
-    cols = torch.arange(n, device=z.device)
     parts = []
     for a in range(0, n, rows):
-        block = pairwise_sq_dists(z[a : a + rows], z)
-        parts.append(block[cols.unsqueeze(0) > cols[a : a + rows].unsqueeze(1)])
+        block = pairwise_sq_dists(z[a : a + rows], z[a:])  # rows a.. against columns a.. (the rest are i > j)
+        c = block.shape[0]
+        upper = torch.ones(c, c, dtype=torch.bool, device=z.device).triu(1)
+        parts += [block[:, :c][upper], block[:, c:].reshape(-1)]
     return torch.cat(parts)
 
 
