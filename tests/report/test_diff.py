@@ -234,3 +234,29 @@ def test_non_physical_numbers_are_refused_by_name(pair, where, value, message):
         reported.to_csv(pair["reported"], index=False)
     with pytest.raises(ValueError, match=re.escape(message)):
         make_diff(pair["reported"], pair["tables"], pair["tolerances"], pair["out"])
+
+
+def test_a_setting_with_seeds_is_compared_by_its_mean_never_its_best_seed(pair):
+    """Three seeds of one setting (FIDs 1.2, 1.5, 2.1; a fourth failed) and another setting's single seed: the
+    diff compares the seed mean 1.6 with its t-interval, worked out by hand, and lists every cell of it."""
+    tables = pair["tables"]
+    columns = ["experiment", "cell_id", "key", "fid", "protocol", "status", "seed", "distiller", "el", "conditional"]
+    rows = [
+        ("main", "s0", "cifar10-uncond/sid/noel/bs256", 1.2, PAPER, "ok", 0, "sid", False, False),
+        ("main", "s1", "cifar10-uncond/sid/noel/bs256", 1.5, PAPER, "ok", 1, "sid", False, False),
+        ("main", "s2", "cifar10-uncond/sid/noel/bs256", 2.1, PAPER, "ok", 2, "sid", False, False),
+        ("main", "s3", "cifar10-uncond/sid/noel/bs256", None, PAPER, "failed", 3, "sid", False, False),
+        ("long", "t0", "cifar10-uncond/sid/noel/bs256", 1.7, PAPER, "ok", 0, "sid", False, False),
+    ]
+    pd.DataFrame(rows, columns=columns).assign(table="t").to_csv(tables / "cells.csv", index=False)
+    diff = make_diff(pair["reported"], tables, pair["tolerances"], pair["out"]).set_index("paper_key")
+    row = diff.loc["baseline/cifar10-uncond/sid"]
+    # mean 1.6; SD of (1.2, 1.5, 2.1) = sqrt(0.21); t(0.975, 2) = 4.302653; half width = 4.302653 * sqrt(0.21 / 3)
+    half = 4.302653 * (0.21 / 3) ** 0.5
+    assert row["ours"] == pytest.approx(1.6) and row["n_seeds"] == 3
+    assert (row["ours_ci_low"], row["ours_ci_high"]) == (pytest.approx(1.6 - half), pytest.approx(1.6 + half))
+    assert row["status"] == "BETTER"  # 1.6 < 1.923 - 0.05; the best seed (1.2) is never the number
+    assert row["cell_id"] == "s0;s1;s2;s3" and row["our_status"] == "ok,failed"
+    assert "best of 2 of our settings" in row["note"]
+    other = diff[diff["cell_id"] == "t0"].iloc[0]  # the single-seed setting lost to the mean 1.6
+    assert other["status"] == "MISSING_PAPER" and other["n_seeds"] == 1 and pd.isna(other["ours_ci_low"])

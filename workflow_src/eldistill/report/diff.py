@@ -3,9 +3,12 @@
 Ours: TABLES/cells.csv (metric `fid`, one row per cell) and TABLES/claims.csv (computed claims).
 Join: each reported row gets the key `tables` gives our rows (report.common.cell_key), rebuilt from its
 columns (dataset, resolution, conditional, teacher, distiller, el, batch_size); `claim/*` rows keep their
-key. A reported row without batch_size matches our rows of any batch. When several of our cells match,
-the one under the paper's protocol with the lowest FID is compared (the paper reports its best run) and
-the `note` says how many there were. Our rows that no reported row compares with are MISSING_PAPER.
+key. A reported row without batch_size matches our rows of any batch. Our number for a setting is the mean
+over its training seeds (the cells of one experiment that share a key; `n_seeds`, and with 2 or more seeds
+the 95 % t-interval `ours_ci_low`..`ours_ci_high`), never the best seed: one lucky seed is not a result.
+When several settings match, the one under the paper's protocol with the lowest mean is compared (the
+paper reports its best configuration) and the `note` says how many there were. Our rows that no reported
+row compares with are MISSING_PAPER.
 A reported FID row with no key match is shown against its analogue under another protocol when there is
 one (the miniature's cell of the same distiller, EL and conditioning, no auxiliary loss, the full ensemble
 when the miniature has one):
@@ -39,6 +42,7 @@ import yaml
 from tqdm import tqdm
 
 from eldistill.io import atomic_write_bytes
+from eldistill.report.claims import t_interval
 from eldistill.report.common import PAPER_PROTOCOL, cell_key, parse_bool, read_csv
 
 STATUSES = ("MATCH", "WITHIN_TOL", "BETTER", "WORSE", "MISSING_OURS", "MISSING_PAPER", "NOT_COMPARABLE")
@@ -64,6 +68,9 @@ DIFF_COLUMNS = (
     "metric",
     "paper",
     "ours",
+    "n_seeds",
+    "ours_ci_low",
+    "ours_ci_high",
     "delta",
     "tolerance",
     "direction",
@@ -155,32 +162,23 @@ def compare(paper_text: str, ours: float, direction: str, tolerance: tuple[float
 
 
 def our_rows(tables_dir: str | Path) -> pd.DataFrame:
-    """One row per our number: key, metric, value, protocol, cell_id, table, our_status."""
+    """One row per our number: key, metric, value, protocol, cell_id, table, our_status, and for cells the
+    seeds behind the value (n_seeds, ci_low, ci_high). The cells of one setting (same experiment and key: its
+    training seeds) give one row, their mean FID."""
     tables_dir = Path(tables_dir)
     cells = read_csv(tables_dir / "cells.csv", ("cell_id", "table", "key", "fid", "protocol", "status"), "cells table")
     tables = cells.groupby("cell_id", sort=False)["table"].agg(lambda t: ";".join(dict.fromkeys(map(str, t))))
     cells = cells.drop_duplicates("cell_id").set_index("cell_id")
     cells["table"] = tables
-    ours = pd.DataFrame(
-        {
-            "key": cells["key"],
-            "metric": "fid",
-            "value": cells["fid"],
-            "protocol": cells["protocol"],
-            "cell_id": cells.index,
-            "table": cells["table"],
-            "our_status": cells["status"],
-            "distiller": cells.get("distiller"),
-            "el": cells.get("el"),
-            "conditional": cells.get("conditional"),
-        }
-    ).reset_index(drop=True)
-    for _, o in ours[ours["value"].notna()].iterrows():  # NaN = no number (its status says why)
-        value = pd.to_numeric(o["value"], errors="coerce")
-        where = f"{tables_dir / 'cells.csv'}: cell {o['cell_id']}, column 'fid'"
+    for cell_id, fid in cells["fid"][cells["fid"].notna()].items():  # NaN = no number (its status says why)
+        value = pd.to_numeric(fid, errors="coerce")
+        where = f"{tables_dir / 'cells.csv'}: cell {cell_id}, column 'fid'"
         if pd.isna(value):
-            raise ValueError(f"{where}: {o['value']!r} is not a number")
+            raise ValueError(f"{where}: {fid!r} is not a number")
         check_value(float(value), "fid", where)
+    cells["fid"] = pd.to_numeric(cells["fid"])
+    setting = [c for c in ("experiment", "key", "protocol") if c in cells.columns]
+    ours = pd.DataFrame([_setting_row(group) for _, group in cells.groupby(setting, sort=False, dropna=False)])
     claims_path = tables_dir / "claims.csv"
     if claims_path.is_file():
         claims = read_csv(claims_path, ("key", "metric", "value", "protocol"), "claims table")
@@ -188,6 +186,28 @@ def our_rows(tables_dir: str | Path) -> pd.DataFrame:
         claims = claims.reindex(columns=ours.columns)
         ours = pd.concat([ours, claims], ignore_index=True) if len(claims) else ours
     return ours
+
+
+def _setting_row(seeds: pd.DataFrame) -> dict:
+    """One setting's row: the mean FID of its seeds that have one, their t-interval, every cell id, and the
+    statuses of all its cells (a seed that failed or has not run yet shows there)."""
+    first = seeds.iloc[0]
+    mean, low, high, _ = t_interval(seeds["fid"].dropna())
+    return {
+        "key": first["key"],
+        "metric": "fid",
+        "value": mean,
+        "protocol": first["protocol"],
+        "cell_id": ";".join(map(str, seeds.index)),
+        "table": first["table"],
+        "our_status": ",".join(dict.fromkeys(map(str, seeds["status"]))),
+        "distiller": first.get("distiller"),
+        "el": first.get("el"),
+        "conditional": first.get("conditional"),
+        "n_seeds": int(seeds["fid"].notna().sum()),
+        "ci_low": low,
+        "ci_high": high,
+    }
 
 
 def _analogues(ours: pd.DataFrame, paper_row: pd.Series) -> pd.DataFrame:
@@ -250,9 +270,11 @@ def make_diff(
         compared.add(best.name)
         row.update(key=best["key"], ours=float(best["value"]), our_protocol=best["protocol"])
         row.update(cell_id=best["cell_id"], table=best["table"], our_status=best["our_status"])
+        if not pd.isna(best.get("n_seeds")):  # the seeds behind a setting's mean, or behind a claim's verdict
+            row.update(n_seeds=best["n_seeds"], ours_ci_low=best["ci_low"], ours_ci_high=best["ci_high"])
         row["delta"] = row["ours"] - row["paper"]
         if len(numbered) > 1:
-            row["note"] = f"best of {len(numbered)} of our rows: {', '.join(map(str, numbered['key']))}"
+            row["note"] = f"best of {len(numbered)} of our settings: {', '.join(map(str, numbered['key']))}"
         if analogue:
             row["note"] = f"no cell of ours for this key; analogue under another protocol. {row['note']}"
         if best["protocol"] != wanted:
@@ -273,6 +295,8 @@ def make_diff(
         if i not in compared:
             row = dict.fromkeys(DIFF_COLUMNS, math.nan)
             row.update(status="MISSING_PAPER", key=o["key"], metric=o["metric"], ours=o["value"])
+            if not pd.isna(o.get("n_seeds")):
+                row.update(n_seeds=o["n_seeds"], ours_ci_low=o["ci_low"], ours_ci_high=o["ci_high"])
             row.update(our_protocol=o["protocol"], cell_id=o["cell_id"], table=o["table"], our_status=o["our_status"])
             row.update(note="")
             rows.append(row)
@@ -306,7 +330,7 @@ def markdown(diff: pd.DataFrame, reported_path, tables_dir) -> str:
 def _text(diff: pd.DataFrame) -> pd.DataFrame:
     """Numbers with 4 significant digits, empty cells for missing values."""
     shown = diff.astype(object)
-    for col in ("paper", "ours", "delta", "tolerance"):
+    for col in ("paper", "ours", "ours_ci_low", "ours_ci_high", "delta", "tolerance"):
         shown[col] = ["" if pd.isna(v) else f"{float(v):.4g}" for v in diff[col]]
     return shown.where(shown.notna(), "")
 
