@@ -136,3 +136,29 @@ def test_total_images_must_be_whole_iterations():
         Cell.from_dict(base(total_images=3300))
     with pytest.raises(CellError, match=r"'total_images' = 20 .* ask for 32$"):
         Cell.from_dict(base(total_images=20))
+
+
+def test_a_setting_added_later_keeps_existing_ids_at_its_default():
+    """ema_rampup arrived after cells had ids: at EDM's 0.05 it stays out of the id (the sha256 of the settings
+    written before it existed), any other value is a new cell."""
+    import hashlib
+
+    settings = Cell.from_dict(base()).result_settings()
+    assert "ema_rampup" not in settings
+    before = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    assert Cell.from_dict(base(ema_rampup=0.05)).cell_id == f"sid-noel-b32-{before}"
+    assert Cell.from_dict(base(ema_rampup=0.5)).cell_id != f"sid-noel-b32-{before}"
+    assert Cell.from_dict(base(ema_rampup=None)).cell_id != f"sid-noel-b32-{before}"
+    with pytest.raises(CellError, match="'ema_rampup'"):
+        Cell.from_dict(base(ema_rampup=0))
+
+
+def test_ema_rampup_caps_the_half_life_at_a_fraction_of_the_images_seen():
+    from eldistill.train import ema_beta
+
+    # 4800 images seen, half-life 2000: EDM's 0.05 caps it at 240 images, 0.5 leaves 2000, None never caps
+    assert ema_beta(4800, 32, 2000) == pytest.approx(0.5 ** (32 / 240))
+    assert ema_beta(4800, 32, 2000, rampup=0.5) == pytest.approx(0.5 ** (32 / 2000))
+    assert ema_beta(1000, 32, 2000, rampup=0.5) == pytest.approx(0.5 ** (32 / 500))
+    assert ema_beta(32, 32, 2000, rampup=None) == pytest.approx(0.5 ** (32 / 2000))
+    assert ema_beta(32, 32, 2000, fixed=0.9, rampup=0.5) == 0.9  # a fixed decay wins

@@ -92,6 +92,8 @@ class Cell:
     lpips_resize: int = LPIPS_RESIZE  # LPIPS's input size (pixels), for such a cell
     ema_halflife_images: int = 500_000
     ema_beta: float | None = None  # a fixed EMA decay per iteration (CM's 0.9999) instead of the half-life
+    # EDM's ramp-up: the half-life is at most this fraction of the images seen so far; None = no ramp-up
+    ema_rampup: float | None = 0.05
     snapshot_images: int = 0  # 0 = only the final snapshot
     log_images: int = 0  # 0 = one log line per iteration
     seed: int = 0
@@ -106,6 +108,9 @@ class Cell:
     labels: dict[str, Any] = field(default_factory=dict)  # free-form tags (experiment, dataset name)
 
     HARDWARE_KEYS = ("cell_id", "batch_gpu", "run_dir", "state_dir", "max_nonfinite_steps", "labels")
+    # settings added after cells were first identified: at their default they stay out of the id, so an existing
+    # cell keeps its id (and its results) when a new setting appears
+    ADDED_LATER = {"ema_rampup": 0.05}
 
     # --- construction -----------------------------------------------------------------------------
     @classmethod
@@ -161,6 +166,9 @@ class Cell:
                     d["el"].pop(key)
         if not self.lpips or self.lpips_resize == LPIPS_RESIZE:  # unused without LPIPS; added later (older ids)
             d.pop("lpips_resize")
+        for key, default in self.ADDED_LATER.items():
+            if d.get(key) == default:
+                d.pop(key)
         return d
 
     def compute_id(self) -> str:
@@ -218,6 +226,10 @@ class Cell:
             raise bad("augment_p", f"must be a probability in [0, 1], got {self.augment_p!r}")
         if self.augment_p > 0 and self.distiller in ("dmd", "cm"):
             raise bad("augment_p", f"must be 0 for {self.distiller} (its reference trains without augmentation)")
+        if self.ema_rampup is not None and (
+            isinstance(self.ema_rampup, bool) or not isinstance(self.ema_rampup, int | float) or self.ema_rampup <= 0
+        ):
+            raise bad("ema_rampup", f"must be a positive fraction of the images seen or null, got {self.ema_rampup!r}")
         if self.ema_beta is not None and not 0 <= self.ema_beta < 1:
             raise bad("ema_beta", f"must be in [0, 1) or null (use ema_halflife_images), got {self.ema_beta!r}")
         self._validate_network_optim(bad)

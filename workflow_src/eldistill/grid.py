@@ -88,6 +88,7 @@ CELL_KEYS = (
     "augment_p",
     "ema_halflife_images",
     "ema_beta",
+    "ema_rampup",
     "snapshot_images",
     "log_images",
     "seed",

@@ -137,12 +137,15 @@ def real_batch(ds, noise: SampleNoise, label_dim: int, device: torch.device, ind
     return images, torch.nn.functional.one_hot(labels.to(device), label_dim).float()
 
 
-def ema_beta(images_seen: int, batch: int, halflife_images: int, fixed: float | None = None) -> float:
-    """EDM's EMA decay per iteration: half-life in images, ramped up to EMA_RAMPUP * images seen (a half-life
-    of 0 makes the EMA the online generator, as DMD2 evaluates it); or a fixed decay (consistency models)."""
+def ema_beta(
+    images_seen: int, batch: int, halflife_images: int, fixed: float | None = None, rampup: float | None = EMA_RAMPUP
+) -> float:
+    """EDM's EMA decay per iteration: half-life in images, ramped up to `rampup` * images seen (None: no ramp-up;
+    a half-life of 0 makes the EMA the online generator, as DMD2 evaluates it); or a fixed decay (consistency
+    models)."""
     if fixed is not None:
         return float(fixed)
-    h = min(halflife_images, images_seen * EMA_RAMPUP)
+    h = halflife_images if rampup is None else min(halflife_images, images_seen * rampup)
     return 0.5 ** (batch / max(h, 1e-8))
 
 
@@ -547,7 +550,8 @@ class Trainer:
 
     @torch.no_grad()
     def update_ema(self) -> float:
-        beta = ema_beta(self.images_seen, self.cell.batch, self.cell.ema_halflife_images, self.cell.ema_beta)
+        cell = self.cell
+        beta = ema_beta(self.images_seen, cell.batch, cell.ema_halflife_images, cell.ema_beta, cell.ema_rampup)
         for p_ema, p in zip(self.ema.parameters(), self.generator.parameters()):
             p_ema.copy_(p.detach().lerp(p_ema, beta))
         for b_ema, b in zip(self.ema.buffers(), self.generator.buffers()):
