@@ -113,14 +113,17 @@ def test_evaluate_run_writes_records_and_skips_done_work(run, classifier, mini_r
     final = ev.evaluate_run(run_dir, MINI, mini_reference, state_dir=state, feature_net=classifier[0],
                             num_samples=96, aggregation="best-snapshot", batch_size=64)  # fmt: skip
     records = read_jsonl(run_dir / "fid.jsonl")
-    assert [r["kind"] for r in records] == ["snapshot", "snapshot", "snapshot", "final"]
+    # generator.pt is the last snapshot's bytes (the final EMA): measured once, its record names generator.pt
+    assert (run_dir / "generator.pt").read_bytes() == (state / "snapshots" / "generator-0000001280.pt").read_bytes()
+    assert [r["kind"] for r in records] == ["snapshot", "snapshot", "final"]
     for record in records:
         assert RECORD_FIELDS <= set(record), RECORD_FIELDS - set(record)
         assert record["protocol"] == MINI and record["num_samples"] == 96 and record["paper_comparable"] is False
         assert "test_acc=" in record["feature_net"] and record["cell_id"] == "test-cell"
-    snaps = records[:3]
-    assert [r["images_seen"] for r in snaps] == [640, 1280, 1280]
+    snaps = records[:2]
+    assert [r["images_seen"] for r in snaps] == [640, 1280]
     assert final == records[-1] and final["aggregation"] == "best-snapshot"
+    assert final["fid_final_checkpoint"] == snaps[1]["fid"]  # generator.pt's FID is the last snapshot's
     assert final["fid"] == min(r["fid"] for r in snaps) and final["seeds"] == "0-95"
     features, ref = ClassifierFeatures(classifier[0]), load_reference(mini_reference)
     assert snaps[0]["fid"] == pytest.approx(independent_fid(nets[0], range(96), features, ref), rel=1e-5)
@@ -134,7 +137,7 @@ def test_evaluate_run_writes_records_and_skips_done_work(run, classifier, mini_r
     monkeypatch.setattr(ev, "generated_stats", fail)
     again = ev.evaluate_run(run_dir, MINI, mini_reference, state_dir=state, feature_net=classifier[0],
                             num_samples=96, aggregation="best-snapshot", batch_size=64)  # fmt: skip
-    assert again == final and len(read_jsonl(run_dir / "fid.jsonl")) == 4
+    assert again == final and len(read_jsonl(run_dir / "fid.jsonl")) == 3
     monkeypatch.undo()
 
     # the paper's minimum over three seed ranges of the final checkpoint
@@ -223,8 +226,8 @@ def test_a_damaged_snapshot_is_skipped_not_blocking_the_cell(run, classifier, mi
                             num_samples=64, aggregation="best-snapshot", batch_size=64)  # fmt: skip
     assert "skipping a snapshot that cannot be read" in capsys.readouterr().err
     records = read_jsonl(run_dir / "fid.jsonl")
-    assert [r["kind"] for r in records] == ["snapshot", "snapshot", "final"]
-    assert [Path(r["checkpoint"]).name for r in records[:2]] == ["generator-0000001280.pt", "generator.pt"]
+    assert [r["kind"] for r in records] == ["snapshot", "final"]  # generator.pt = the 1280 snapshot's bytes
+    assert Path(records[0]["checkpoint"]).name == "generator-0000001280.pt"
     assert final["num_checkpoints_compared"] == 2
     damaged.unlink()
     (run_dir / "generator.pt").write_bytes(b"")  # the cell's own generator is no snapshot: still an error

@@ -225,11 +225,13 @@ def evaluate_run(
     if vae is not None:
         base["latent_decoder"] = f"{Path(vae).name}:{file_digest(Path(vae) / 'config.json')}"
     codecs: dict = {}  # one VAE per scale/bias
-    done = {}  # (checkpoint, its digest, seeds) -> record, from earlier calls with the same protocol settings
+    # (checkpoint digest, seeds) -> record, from earlier calls with the same protocol settings. Keyed by content,
+    # not path: the last snapshot and generator.pt are the same bytes (the final EMA), measured once
+    done = {}
     if log_path.is_file():
         for rec in read_jsonl(log_path):
             if rec.get("kind") == "snapshot" and all(rec.get(k) == v for k, v in base.items()):
-                done[(rec.get("checkpoint"), rec.get("checkpoint_digest"), rec.get("seeds"))] = rec
+                done[(rec.get("checkpoint_digest"), rec.get("seeds"))] = rec
 
     def codec_for(net, meta):
         key = json.dumps(meta.get("encoder"), sort_keys=True)
@@ -239,9 +241,9 @@ def evaluate_run(
 
     def evaluate(path: Path, seeds: range) -> dict:
         digest = file_digest(path, 16)
-        key = (str(path), digest, seed_string(seeds))
+        key = (digest, seed_string(seeds))
         if key in done and (not with_inception_score or "is_mean" in done[key]):
-            return done[key]
+            return {**done[key], "checkpoint": str(path)}
         try:
             net, meta = load_generator(path, device)
         except ValueError as e:
