@@ -44,6 +44,9 @@ from eldistill.stopsignal import StopFlag
 
 EXIT_REQUEUE = 3  # stopped by SIGTERM/SIGUSR1 after saving: requeue me
 STATE_FILE = "training-state.pt"
+# The log of every tick: run_dir's copy is a Snakemake output, which Snakemake deletes before it reruns an
+# incomplete or failed job; the copy in state_dir survives that, and a resumed run restores run_dir's from it.
+METRICS_FILE = "metrics.jsonl"
 STATE_FORMAT = "eldistill-train-state-v1"
 STATE_SAVE_SECONDS = 1800  # besides snapshots, the full state is saved at least this often (wall clock)
 EMA_RAMPUP = 0.05  # EDM: the EMA half-life is at most 5 % of the images seen so far
@@ -326,15 +329,26 @@ class Trainer:
             state["iterations"],
             state["nonfinite"],
         )
-        self._trim_metrics()
         return True
 
-    def _trim_metrics(self) -> None:
-        """Drop log lines written after the state we resume from (they will be written again)."""
-        path = self.run_dir / "metrics.jsonl"
-        if self.info.is_main and path.exists():
-            keep = [r for r in read_jsonl(path) if r.get("images_seen", 0) <= self.images_seen]
-            atomic_write_bytes("".join(_jsonl_line(r) for r in keep).encode(), path)
+    def restore_metrics(self, resumed: bool) -> None:
+        """Main process. Resumed: the log up to the state we resume from (later lines will be written again), from
+        state_dir's copy (run_dir's, for a state saved before that copy existed), written to both. Not resumed:
+        a stale log of a run whose state was deleted is removed."""
+        kept, copy = self.state_dir / METRICS_FILE, self.run_dir / METRICS_FILE
+        if not resumed:
+            kept.unlink(missing_ok=True)
+            copy.unlink(missing_ok=True)
+            return
+        source = kept if kept.exists() else copy
+        records = read_jsonl(source) if source.exists() else []
+        text = "".join(_jsonl_line(r) for r in records if r.get("images_seen", 0) <= self.images_seen).encode()
+        atomic_write_bytes(text, kept)
+        atomic_write_bytes(text, copy)
+
+    def log_metrics(self, record: dict) -> None:
+        for folder in (self.state_dir, self.run_dir):
+            append_jsonl(record, folder / METRICS_FILE)
 
     def generator_meta(self) -> dict:
         return {
@@ -365,7 +379,7 @@ class Trainer:
 
         snapshots = self.state_dir / "snapshots"
         removed = remove_orphaned_temps(self.state_dir) + remove_orphaned_temps(snapshots)
-        removed += remove_orphaned_temps(self.run_dir, ["config.json", "metrics.jsonl", "generator.pt"])
+        removed += remove_orphaned_temps(self.run_dir, ["config.json", METRICS_FILE, "generator.pt"])
         if removed:
             print(f"train: removed {len(removed)} temporary file(s) of interrupted saves", file=sys.stderr)
         for path in sorted(snapshots.glob("generator-*.pt")):
@@ -580,10 +594,15 @@ class Trainer:
         stop_at = cell.total_images if until_images is None else min(until_images, cell.total_images)
         resumed = self.try_resume()
         if main:
+            if resumed:
+                print(
+                    f"train: resumed cell {cell.cell_id} at {self.images_seen} images (iteration {self.iterations}) "
+                    f"from its state in {self.state_dir}",
+                    file=sys.stderr,
+                )
             self.check_files()
             atomic_write_json(cell.to_dict(), self.run_dir / "config.json")
-            if not resumed and (self.run_dir / "metrics.jsonl").exists():
-                (self.run_dir / "metrics.jsonl").unlink()  # a stale log from a run whose state was deleted
+            self.restore_metrics(resumed)
         bar = tqdm(
             total=cell.total_images,
             initial=self.images_seen,
@@ -593,7 +612,7 @@ class Trainer:
         )
         tick: dict[str, list[float]] = defaultdict(list)
         tick_start, tick_images, last_state_save = time.time(), self.images_seen, time.time()
-        log_path = self.run_dir / "metrics.jsonl"
+        log_path = self.state_dir / METRICS_FILE
         last = (read_jsonl(log_path) or [{}])[-1] if resumed and log_path.exists() else {}
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -619,7 +638,7 @@ class Trainer:
                     **memory_mb(self.device),
                 )
                 if main:
-                    append_jsonl(last, self.run_dir / "metrics.jsonl")
+                    self.log_metrics(last)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in last.items() if k.startswith("loss/") and k.count("/") == 1})
                 tick.clear()
                 tick_start, tick_images = time.time(), self.images_seen
