@@ -19,6 +19,8 @@ import yaml
 
 from eldistill.grid import build_grid
 from eldistill.io import read_jsonl
+from eldistill.statefile import load_state
+from eldistill.train import STATE_FILE, STATE_FORMAT
 
 from .conftest import REPO, snakemake, start_snakemake
 
@@ -51,6 +53,12 @@ def slurm_jobs(cell_id: str) -> dict[str, tuple[str, str]]:
     return jobs
 
 
+def active_jobs(run_id: str) -> list[str]:
+    """The states of the jobs of one Snakemake run (the plugin names its jobs with the run ID) not yet ended."""
+    out = subprocess.run(["squeue", "-h", "--name", run_id, "-o", "%T"], capture_output=True, text=True, check=True)
+    return [state for state in out.stdout.split() if state in ACTIVE]
+
+
 def wait_for(condition, what: str, controller: subprocess.Popen | None, output: Path | None, timeout: float = 600):
     """Poll `condition()` until it returns something true (returned); fail if the controller ends first."""
     deadline = time.monotonic() + timeout
@@ -73,12 +81,6 @@ def training_files(results: Path, cell_id: str) -> dict[str, tuple[str, int]]:
     return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in paths}
 
 
-def saved_images(state_dir: Path) -> int:
-    """Images of the newest snapshot; the training state is saved with every snapshot."""
-    names = [int(p.stem.split("-")[1]) for p in (state_dir / "snapshots").glob("generator-*.pt")]
-    return max(names, default=0)
-
-
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_a_killed_controller_picks_up_where_it_was(slurm_cluster, tmp_path):
@@ -97,7 +99,7 @@ def test_a_killed_controller_picks_up_where_it_was(slurm_cluster, tmp_path):
     try:
         # the long cell saved its state: freeze its job there (SLURM suspend) until the short cell is finished
         cut_state = results / "state" / cut
-        wait_for(lambda: (cut_state / "training-state.pt").exists(), f"a saved state of {cut}", controller, first)
+        wait_for(lambda: (cut_state / STATE_FILE).exists(), f"a saved state of {cut}", controller, first)
         job_id = next(j for j, (rule, state) in slurm_jobs(cut).items() if rule == "distill" and state == "RUNNING")
         subprocess.run(["scontrol", "suspend", job_id], check=True)
         assert not (results / "runs" / cut / "generator.pt").exists(), f"{cut} finished before it could be suspended"
@@ -111,14 +113,19 @@ def test_a_killed_controller_picks_up_where_it_was(slurm_cluster, tmp_path):
         # the crash: the controller and everything it started die at once
         os.killpg(controller.pid, signal.SIGKILL)
         controller.wait()
+        # its SLURM jobs, found as the README says (the run ID in the dead controller's log names them), die too,
+        # in the worst way: without saving (a node failure; a plain `scancel` would let training save at SIGTERM),
+        # so the rerun must start from the last periodic state
+        found = re.search(r"SLURM run ID: (\S+)", first.read_text())
+        if found:
+            subprocess.run(["scancel", "--full", "--signal=KILL", "--name", found.group(1)], check=True)
+            subprocess.run(["scancel", "--name", found.group(1)], check=True)
     crash_time = time.time()
-    # the worst case for the orphaned training job: it dies without saving (a node failure; `scancel` would
-    # let it save at SIGTERM, see the README), so the rerun must start from the last periodic state
-    subprocess.run(["scancel", "--full", "--signal=KILL", job_id], check=True)
-    subprocess.run(["scancel", job_id], check=True)
-    wait_for(lambda: slurm_jobs(cut).get(job_id, ("", "gone"))[1] not in ACTIVE, f"job {job_id} to end", None, None)
-    resume_at = saved_images(cut_state)
-    assert 0 < resume_at < total
+    assert found, first.read_text()[-3000:]
+    wait_for(lambda: not active_jobs(found.group(1)), "the killed run's jobs to end", None, None)
+    state, _ = load_state(cut_state / STATE_FILE, STATE_FORMAT)
+    resume_at = state["images_seen"]
+    assert 0 < resume_at < total and resume_at % every == 0  # saved with a snapshot; the kill left no save
     kept = training_files(results, done)
 
     # the recovery the README gives: release the dead controller's lock, run the same command
