@@ -29,6 +29,7 @@ LPIPS_FILES = ("vgg16.pth", "lpips_vgg_lin.pth")
 # relu5_3 take).
 LPIPS_RESIZE = 224
 LPIPS_MIN_RESIZE = 16
+EMA_RAMPUP = 0.05  # EDM's and SiD's training_loop: the EMA half-life is at most 5 % of the images seen so far
 # Networks a distiller trains (each gets its own optimizer) and the settings a cell may give one of them.
 NETWORKS = ("generator", "fake_score", "gan_head")
 NETWORK_OPTIM_KEYS = ("lr", "betas", "weight_decay", "warmup_images")
@@ -93,7 +94,7 @@ class Cell:
     ema_halflife_images: int = 500_000
     ema_beta: float | None = None  # a fixed EMA decay per iteration (CM's 0.9999) instead of the half-life
     # EDM's ramp-up: the half-life is at most this fraction of the images seen so far; None = no ramp-up
-    ema_rampup: float | None = 0.05
+    ema_rampup: float | None = EMA_RAMPUP
     snapshot_images: int = 0  # 0 = only the final snapshot
     log_images: int = 0  # 0 = one log line per iteration
     seed: int = 0
@@ -110,7 +111,7 @@ class Cell:
     HARDWARE_KEYS = ("cell_id", "batch_gpu", "run_dir", "state_dir", "max_nonfinite_steps", "labels")
     # settings added after cells were first identified: at their default they stay out of the id, so an existing
     # cell keeps its id (and its results) when a new setting appears
-    ADDED_LATER = {"ema_rampup": 0.05}
+    ADDED_LATER = ("lpips_resize", "ema_rampup")
 
     # --- construction -----------------------------------------------------------------------------
     @classmethod
@@ -164,10 +165,11 @@ class Cell:
             for key, default in (("space", "model"), ("vae", "")):  # added later: defaults keep older ids
                 if d["el"].get(key) == default:
                     d["el"].pop(key)
-        if not self.lpips or self.lpips_resize == LPIPS_RESIZE:  # unused without LPIPS; added later (older ids)
-            d.pop("lpips_resize")
-        for key, default in self.ADDED_LATER.items():
-            if d.get(key) == default:
+        if not self.lpips:
+            d.pop("lpips_resize")  # LPIPS's input size means nothing to a cell without LPIPS
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for key in self.ADDED_LATER:
+            if key in d and d[key] == defaults[key]:
                 d.pop(key)
         return d
 

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from eldistill import dist
-from eldistill.cell import DISTILLERS, Cell
+from eldistill.cell import DISTILLERS, EMA_RAMPUP, Cell
 from eldistill.distillers import Phase, SampleNoise, build_distiller
 from eldistill.distillers.base import set_dropout
 from eldistill.generator import one_step
@@ -41,6 +41,7 @@ from eldistill.lock import LockedError, WriterLock
 from eldistill.nets.edm2 import defer_forced_normalization, force_normalize_
 from eldistill.statefile import load_state, save_state
 from eldistill.stopsignal import StopFlag
+from eldistill.teacher import ema_beta as edm_ema_beta
 
 EXIT_REQUEUE = 3  # stopped by SIGTERM/SIGUSR1 after saving: requeue me
 STATE_FILE = "training-state.pt"
@@ -49,7 +50,6 @@ STATE_FILE = "training-state.pt"
 METRICS_FILE = "metrics.jsonl"
 STATE_FORMAT = "eldistill-train-state-v1"
 STATE_SAVE_SECONDS = 1800  # besides snapshots, the full state is saved at least this often (wall clock)
-EMA_RAMPUP = 0.05  # EDM: the EMA half-life is at most 5 % of the images seen so far
 PRELOAD_BYTES = 1 << 30  # datasets smaller than this are decoded once into memory
 
 
@@ -148,8 +148,7 @@ def ema_beta(
     models)."""
     if fixed is not None:
         return float(fixed)
-    h = halflife_images if rampup is None else min(halflife_images, images_seen * rampup)
-    return 0.5 ** (batch / max(h, 1e-8))
+    return edm_ema_beta(images_seen, batch, halflife_images, rampup)
 
 
 def warmup_factor(images_seen: int, warmup_images: int) -> float:
