@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from eldistill.generator import one_step, to_uint8
 from eldistill.io import append_jsonl, atomic_write_bytes, read_jsonl
-from eldistill.metrics.fid import FeatureStats, frechet_distance, inception_score
+from eldistill.metrics.fid import FeatureStats, inception_score
 from eldistill.metrics.protocols import (
     FD_DINOV2,
     check_num_samples,
@@ -254,10 +254,9 @@ def evaluate_run(
         second = (dnet, FeatureStats(dnet.dim)) if dnet is not None else None
         desc = f"FID {path.name}"
         stats = generated_stats(net, meta["sigma_init"], seeds, fnet, batch_size, device, desc, probs, codec, second)
-        mu, sigma = stats.mu_sigma()
         record = {
-            "fid": frechet_distance(mu, sigma, ref.mu, ref.sigma),
-            **({FD_DINOV2: frechet_distance(*second[1].mu_sigma(), dref.mu, dref.sigma)} if second else {}),
+            "fid": stats.distance_to(ref.mu, ref.sigma),
+            **({FD_DINOV2: second[1].distance_to(dref.mu, dref.sigma)} if second else {}),
             **base,
             "seeds": seed_string(seeds),
             "aggregation": "single",

@@ -23,7 +23,6 @@ import torch
 from eldistill.generator import to_uint8
 from eldistill.io import append_jsonl, atomic_write_json, read_jsonl
 from eldistill.metrics.evaluate import AGGREGATIONS, GRID_SEEDS, generated_stats, seed_labels, seed_string
-from eldistill.metrics.fid import frechet_distance
 from eldistill.metrics.protocols import check_num_samples, file_digest, get_protocol, load_feature_net, load_reference
 
 SAMPLER_DEFAULTS = {"steps": 18, "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0}
@@ -109,9 +108,8 @@ def evaluate_teacher(
             net, None, seeds, fnet, batch_size, device, f"FID teacher {seed_string(seeds)}",
             generate=lambda batch: sample_uint8(net, batch, sampler, device),
         )  # fmt: skip
-        mu, sigma = stats.mu_sigma()
         record = {
-            "fid": frechet_distance(mu, sigma, ref.mu, ref.sigma),
+            "fid": stats.distance_to(ref.mu, ref.sigma),
             **base,
             "seeds": seed_string(seeds),
             "aggregation": "single",
