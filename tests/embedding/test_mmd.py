@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from eldistill.embedding import NonFiniteInputError, median_distance, mmd2
 from eldistill.embedding import mmd as mmd_module
+from eldistill.embedding.loss import family_mmd2
 from eldistill.embedding.mmd import pairwise_sq_dists
 
 
@@ -139,32 +139,181 @@ def test_biased_accepts_a_single_sample_and_nonfinite_is_its_own_error():
         mmd2(torch.randn(3, 3), torch.tensor([[float("nan")] * 3] * 2), [1.0])
 
 
+# --- The tiled path (one family above BLOCK_ELEMENTS: the batch-8192 cells), at test sizes ---------------------------
+
+
+def use_tiles(monkeypatch, tile):
+    """Sends every family through the tiled path with (tile, tile) tiles; returns the list of tiles made, so a test
+    can check that the path ran."""
+    made = []
+    monkeypatch.setattr(mmd_module, "BLOCK_ELEMENTS", 40)
+    monkeypatch.setattr(mmd_module, "TILE", tile)
+    make = mmd_module._sq_dist_tile
+    monkeypatch.setattr(mmd_module, "_sq_dist_tile", lambda *args: made.append(1) or make(*args))
+    return made
+
+
+def route_median(monkeypatch, route):
+    """Forces one of the ways the tiled median is found; returns the list of exact-counting calls."""
+    counted = []
+    if route == "window":  # a wide window, so that the sample's quantiles surely bracket the median
+        monkeypatch.setattr(mmd_module, "MEDIAN_WINDOW", 0.3)
+    elif route == "window missed":  # the window holds only distances of 0: the median lies above it
+        monkeypatch.setattr(mmd_module, "_median_window", lambda *args: (0.0, 0.0))
+    elif route == "window over its cap":
+        monkeypatch.setattr(mmd_module, "MEDIAN_WINDOW_CAP", 0)
+    elif route == "window next to the median":  # it holds every distance below the median and nothing else
+
+        def below_the_median(z, z_sq, rank, pairs):
+            d2 = mmd_module._sq_dist_tile(z, z_sq, z, z_sq)
+            values = d2[torch.ones_like(d2, dtype=torch.bool).triu(1)].sort().values
+            return values[0].item(), values[rank - 1].item()
+
+        monkeypatch.setattr(mmd_module, "_median_window", below_the_median)
+    select = mmd_module._radix_select
+    monkeypatch.setattr(mmd_module, "_radix_select", lambda *args: counted.append(1) or select(*args))
+    return counted
+
+
+def loss_grads_median(x, y, bandwidths, estimator):
+    """batched_mmd2_unchecked's value and its gradients with respect to x, y and bandwidths (weighted per
+    embedder, so that a gradient mixed up between embedders shows), and batched_median_distance."""
+    x, y, bandwidths = (t.detach().requires_grad_(True) for t in (x, y, bandwidths))
+    value = mmd_module.batched_mmd2_unchecked(x, y, bandwidths, estimator)
+    weights = torch.arange(1.0, value.shape[0] + 1, dtype=value.dtype)
+    grads = torch.autograd.grad((value * weights).sum(), (x, y, bandwidths))
+    return value.detach(), *grads, mmd_module.batched_median_distance(x, y)
+
+
+def sorted_pairs(z):
+    return sorted(float(np.sum((z[i] - z[j]) ** 2)) for i in range(len(z)) for j in range(i + 1, len(z)))
+
+
 @pytest.mark.parametrize("estimator", ["biased", "unbiased"])
-@pytest.mark.parametrize("n, m", [(9, 9), (9, 6), (8, 11)])  # blocks that do and do not divide the rows
-def test_a_family_beyond_the_block_size_gives_the_same_loss_gradient_and_median(monkeypatch, estimator, n, m):
-    """The blocked path (batches whose kernels would not fit memory: the batch-8192 cells) against the one-shot
-    one and the float64 definition, with a block size small enough that it runs at these sizes."""
+@pytest.mark.parametrize("n, m", [(9, 9), (9, 6), (8, 11), (8, 9)])  # 153, 105, 171 and 136 pooled pairs
+@pytest.mark.parametrize(
+    "tile, route",
+    [(2, "window"), (3, "window missed"), (4, "window over its cap"), (3, "window next to the median")],
+)
+def test_a_family_beyond_the_block_size_gives_the_same_loss_gradients_and_median(
+    monkeypatch, estimator, n, m, tile, route
+):
+    """The tiled path against the one-shot one and the float64 definition: value, gradients with respect to x, y
+    and the bandwidths, and the median by each of its routes, with tiles that do and do not divide the rows."""
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(2, n, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, n, 3, generator=g, dtype=torch.float64)
     y = torch.randn(2, m, 3, generator=g, dtype=torch.float64) + 0.3
     bandwidths = torch.tensor([[0.5, 1.0, 2.0], [1.0, 2.0, 4.0]], dtype=torch.float64)
-
-    def loss_and_grad():
-        value = mmd_module.batched_mmd2_unchecked(x, y, bandwidths, estimator)
-        (grad,) = torch.autograd.grad(value.sum(), x)
-        return value.detach(), grad, mmd_module.batched_median_distance(x, y)
-
-    one_shot = loss_and_grad()
-    monkeypatch.setattr(mmd_module, "BLOCK_ELEMENTS", 40)  # blocks of 1-3 rows at these sizes
-    calls = []
-    monkeypatch.setattr(mmd_module, "checkpoint", lambda fn, *a, **kw: calls.append(1) or checkpoint(fn, *a, **kw))
-    blocked = loss_and_grad()
-    assert calls, "the blocked path did not run"
-    for a, b in zip(one_shot, blocked):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    one_shot = loss_grads_median(x, y, bandwidths, estimator)
+    tiles, counted = use_tiles(monkeypatch, tile), route_median(monkeypatch, route)
+    tiled = loss_grads_median(x, y, bandwidths, estimator)
+    assert tiles, "the tiled path did not run"
+    assert bool(counted) == (route != "window"), "the median took another route than the test meant"
+    for a, b in zip(one_shot, tiled, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)
     for k in range(2):
-        expected = mmd2_ref(x[k].detach(), y[k], bandwidths[k].tolist(), estimator)
-        assert blocked[0][k].item() == pytest.approx(expected, rel=1e-10, abs=1e-12)
-        z = torch.cat([x[k], y[k]]).detach().numpy()
-        pairs = sorted(float(np.sum((z[i] - z[j]) ** 2)) for i in range(n + m) for j in range(i + 1, n + m))
-        assert blocked[2][k].item() == pytest.approx(math.sqrt(pairs[(len(pairs) - 1) // 2]), rel=1e-12)
+        expected = mmd2_ref(x[k], y[k], bandwidths[k].tolist(), estimator)
+        assert tiled[0][k].item() == pytest.approx(expected, rel=1e-10, abs=1e-12)
+        pairs = sorted_pairs(torch.cat([x[k], y[k]]).numpy())
+        assert tiled[4][k].item() == pytest.approx(math.sqrt(pairs[(len(pairs) - 1) // 2]), rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("route", ["window", "window missed", "window over its cap"])
+def test_the_tiled_median_is_exactly_the_lower_median_among_many_ties(monkeypatch, dtype, route):
+    """Small integer coordinates: every distance is an exact integer in every dtype (so any formula gives the
+    same values) and many are equal, the hard case for a selection by counting."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randint(0, 3, (3, 10, 3), generator=g).to(dtype)
+    y = torch.randint(0, 3, (3, 7, 3), generator=g).to(dtype)
+    y[2] = x[2, 0]  # most pooled points equal
+    x[2] = x[2, 0]  # all equal: median distance 0, given as 1 (any bandwidth gives MMD 0)
+    one_shot = mmd_module.batched_median_distance(x, y)
+    use_tiles(monkeypatch, 3)
+    counted = route_median(monkeypatch, route)
+    tiled = mmd_module.batched_median_distance(x, y)
+    assert bool(counted) == (route != "window")
+    assert tiled.dtype == one_shot.dtype == dtype
+    assert torch.equal(tiled, one_shot)
+    for k in range(2):
+        pairs = sorted_pairs(torch.cat([x[k], y[k]]).double().numpy())
+        assert tiled[k] == torch.tensor(pairs[(len(pairs) - 1) // 2], dtype=dtype).sqrt()
+    assert tiled[2].item() == 1.0
+
+
+def test_the_tiled_path_keeps_float32_exact_zeros_on_the_diagonal(monkeypatch):
+    """Far from the origin ||a||^2 + ||a||^2 - 2 a.a leaves round-off (here ~0.05) where the distance of a point to
+    itself is exactly 0. Points ~10 apart and a bandwidth of 0.1: every kernel value is 0 but k(a, a) = 1, which
+    the unbiased estimator removes, so MMD^2 is 0 only if both paths put exact zeros on the diagonal."""
+    g = torch.Generator().manual_seed(13)
+    x = 300.0 + torch.randn(2, 9, 8, generator=g) * 5
+    y = 300.0 + torch.randn(2, 7, 8, generator=g) * 5
+    bandwidths = torch.full((2, 1), 0.1)
+    one_shot = mmd_module.batched_mmd2_unchecked(x, y, bandwidths, "unbiased")
+    use_tiles(monkeypatch, 4)
+    tiled = mmd_module.batched_mmd2_unchecked(x, y, bandwidths, "unbiased")
+    assert one_shot.tolist() == tiled.tolist() == [0.0, 0.0]
+
+
+def test_the_tiled_path_with_nonfinite_features_gives_what_the_one_shot_one_gives(monkeypatch):
+    g = torch.Generator().manual_seed(9)
+    x, y = torch.randn(2, 6, 3, generator=g), torch.randn(2, 5, 3, generator=g)
+    x[0, 2, 1] = float("nan")
+    y[1, 0, 0] = float("inf")
+    bandwidths = torch.ones(2, 2)
+    one_shot = mmd_module.batched_median_distance(x, y), mmd_module.batched_mmd2_unchecked(x, y, bandwidths, "unbiased")
+    use_tiles(monkeypatch, 4)
+    tiled = mmd_module.batched_median_distance(x, y), mmd_module.batched_mmd2_unchecked(x, y, bandwidths, "unbiased")
+    assert one_shot[0].tolist() == tiled[0].tolist() == [1.0, 1.0]  # NaN median: the bandwidth falls back to 1
+    assert torch.isnan(one_shot[1]).all() and torch.isnan(tiled[1]).all()
+
+
+def test_the_tiled_path_takes_half_precision_as_the_one_shot_one(monkeypatch):
+    """bfloat16 features: the value comes in float32 (the promotion with float32 bandwidths) and the gradient in
+    bfloat16, both agreeing with the one-shot path up to bfloat16's round-off, also inside an autocast region."""
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(2, 9, 4, generator=g).bfloat16()
+    y = (torch.randn(2, 7, 4, generator=g) + 0.5).bfloat16()
+    bandwidths = torch.tensor([[1.0, 2.0], [2.0, 4.0]])
+    one_shot = loss_grads_median(x, y, bandwidths, "unbiased")
+    use_tiles(monkeypatch, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        tiled = loss_grads_median(x, y, bandwidths, "unbiased")
+    assert [t.dtype for t in tiled] == [t.dtype for t in one_shot]
+    assert [t.dtype for t in tiled] == [torch.float32, torch.bfloat16, torch.bfloat16, torch.float32, torch.bfloat16]
+    for a, b in zip(one_shot, tiled, strict=True):
+        torch.testing.assert_close(b.float(), a.float(), rtol=0.03, atol=2e-3)
+
+
+def test_the_tiled_path_without_gradient_gives_the_same_value_and_no_graph(monkeypatch):
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 9, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 8, 3, generator=g, dtype=torch.float64)
+    bandwidths = torch.ones(2, 3, dtype=torch.float64)
+    use_tiles(monkeypatch, 4)
+    with_grad = mmd_module.batched_mmd2_unchecked(x, y, bandwidths, "unbiased")
+    with torch.no_grad():
+        without = mmd_module.batched_mmd2_unchecked(x, y, bandwidths, "unbiased")
+    assert with_grad.requires_grad and not without.requires_grad
+    assert torch.equal(with_grad.detach(), without)
+
+
+@pytest.mark.parametrize("feature_norm", ["none", "standardize"])
+def test_the_global_el_gradient_through_the_tiled_path(monkeypatch, feature_norm):
+    """What eldistill.global_el does with a family's gathered features: the gradient of family_mmd2 with respect to
+    the generated features only (torch.autograd.grad), through the feature normalisation and median bandwidth."""
+    g = torch.Generator().manual_seed(12)
+    f_gen = torch.randn(3, 10, 5, generator=g, dtype=torch.float64) * 2
+    f_real = torch.randn(3, 9, 5, generator=g, dtype=torch.float64)
+
+    def value_and_grad():
+        gen = f_gen.clone().requires_grad_(True)
+        value = family_mmd2(gen, f_real, [0.5, 1.0, 2.0, 4.0], feature_norm=feature_norm)
+        return value.detach(), torch.autograd.grad(value.sum(), gen)[0]
+
+    one_shot = value_and_grad()
+    tiles = use_tiles(monkeypatch, 3)
+    tiled = value_and_grad()
+    assert tiles
+    for a, b in zip(one_shot, tiled, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)
