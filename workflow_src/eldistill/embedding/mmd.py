@@ -191,8 +191,9 @@ def _tile(device: torch.device) -> int:
 
 
 def _sq_dist_tile(a: torch.Tensor, a_sq: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
-    """(c, t) squared distances between rows a (c, d) and b (t, d), given their squared norms, clamped at 0."""
-    return torch.addmm(b_sq.unsqueeze(0), a, b.T, alpha=-2.0).add_(a_sq.unsqueeze(1)).clamp_min_(0.0)
+    """(c, t) squared distances between rows a (c, d) and b (t, d), given their squared norms, clamped at 0; the
+    operations of batched_sq_dists in its order, so that both round alike."""
+    return (a_sq.unsqueeze(1) + b_sq.unsqueeze(0)).sub_(a @ b.T, alpha=2.0).clamp_min_(0.0)
 
 
 def _upper_tiles(z: torch.Tensor, z_sq: torch.Tensor):
