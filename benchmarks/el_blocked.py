@@ -1,4 +1,4 @@
-"""CPU time and peak memory of one embedder family's EL above mmd.BLOCK_ELEMENTS (the batch-8192 cells' path).
+"""CPU time and peak memory of one embedder family's EL above mmd.BLOCK_ELEMENTS (batches above 1024).
 
     OMP_NUM_THREADS=1 python benchmarks/el_blocked.py 8192 4 1024     # B (per side), K embedders, feature dim D
     OMP_NUM_THREADS=1 python benchmarks/el_blocked.py 4096 1 1024

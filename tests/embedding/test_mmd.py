@@ -139,7 +139,7 @@ def test_biased_accepts_a_single_sample_and_nonfinite_is_its_own_error():
         mmd2(torch.randn(3, 3), torch.tensor([[float("nan")] * 3] * 2), [1.0])
 
 
-# --- The tiled path (one family above BLOCK_ELEMENTS: the batch-8192 cells), at test sizes ---------------------------
+# --- The tiled path (one family above BLOCK_ELEMENTS: batches above 1024), at test sizes -------------------------
 
 
 def use_tiles(monkeypatch, tile):

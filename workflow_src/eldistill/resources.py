@@ -51,10 +51,11 @@ CPU_MEM_MB = 4000
 CPU_BYTES_PER_PARAM_PIXEL = 0.3
 CPU_BASE_MB = 1000
 # The global EL (eldistill.global_el) is an MMD^2 over the whole global batch with the median bandwidth: K x batch^2
-# kernel entries per iteration, which on the CPU outweigh the networks at big batches. Measured on our 2-core
-# machine (one family of 4 embedders, 1024-d features, forward + median + backward): 7.9 s per iteration at batch
-# 2048 and 40 s at 4096 -> ~6e-7 s per embedder per pair. (On GPUs it is small next to the teacher: not modelled.)
-CPU_EL_SECONDS_PER_PAIR = 6e-7
+# kernel entries per iteration, which on the CPU outweigh the networks at big batches. Measured on one core with
+# the tiled path (benchmarks/el_blocked.py 8192 4 1024 and 4096 4 1024: median + forward + backward of one family
+# of 4 embedders, 1024-d features, 41.9 s and 10.9 s) -> 1.6e-7 s per embedder per pair; 2e-7 leaves a margin.
+# (On GPUs it is small next to the teacher: not modelled.)
+CPU_EL_SECONDS_PER_PAIR = 2e-7
 
 # Cost of one generated image in a SiD-class iteration, in FLOPs per (teacher parameter x network pixel):
 # about four forward+backward passes of the U-Net (DESIGN.md), each ~3x a forward, and a forward of an

@@ -19,9 +19,11 @@ ESTIMATORS = ("unbiased", "biased")
 # Above this many kernel entries (K x bandwidths x n x m, or K x N^2 pooled distances for the median) one family
 # is computed tile by tile (see the end of this file): the global EL of a batch-8192 cell (eldistill.global_el) would
 # otherwise hold 4 x 4 x 8192^2 floats (4.3 GB) per kernel matrix, and as much again for the backward, which no CPU
-# job (nor many GPUs) has.
-# At or below it (every batch up to 2048 with 4 bandwidths) the one-shot path runs, bit for bit as before.
-BLOCK_ELEMENTS = 2**26
+# job (nor many GPUs) has. The tiles are faster on the CPU too: one family of 4 embedders at batch 2048 (768-d
+# features, median + forward + backward) takes 2.5 s and 0.66 GB tiled against 7.0 s and 1.65 GB in one shot
+# (benchmarks/el_blocked.py, one thread). At or below the threshold (every batch up to 1024 with 4 embedders and 4
+# bandwidths: the miniature's batches) the one-shot path runs, bit for bit as before.
+BLOCK_ELEMENTS = 2**24
 
 
 class NonFiniteInputError(ValueError):
@@ -172,7 +174,7 @@ def batched_mmd2_unchecked(x: torch.Tensor, y: torch.Tensor, bandwidths: torch.T
         return (kxx - n * diag) / (n * (n - 1)) + (kyy - m * diag) / (m * (m - 1)) - 2.0 * kxy
 
 
-# --- One family above BLOCK_ELEMENTS (the batch-8192 cells), tile by tile ----------------------------------------
+# --- One family above BLOCK_ELEMENTS (batches above 1024: the 2048 and 8192 cells), tile by tile ----------------------
 # Squared distances are made TILE x TILE at a time by one matmul and used while the tile is in cache. The MMD's
 # gradient is accumulated in that same pass (no autograd graph of tiles, nothing recomputed in the backward), a
 # self-distance matrix is walked over its tiles j >= i only (it is symmetric), and the median is selected by
