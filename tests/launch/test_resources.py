@@ -76,6 +76,9 @@ def test_a_cpu_plan_counts_the_global_els_time():
     el = plan("imagenet64", 8, 86_099, 8192, 0, total_images=8192, el_embedders=16)
     assert el["total_min"] == 16
     assert plan("imagenet64", 8, 86_099, 8192, 0, total_images=8192)["total_min"] == 11  # EL off
+    # and its memory: 16 embedders x 8192 images x 24,000 B = 3,145,728,000 B = 3000 MiB on top of the 4000
+    assert el["mem_mb"] == 7000
+    assert plan("imagenet64", 8, 86_099, 8192, 0, total_images=8192)["mem_mb"] == 4000
     gpu = dict(total_images=10_000_000, precision="bf16")  # on GPUs EL is not modelled: the plan is the same
     assert plan("cifar10", 32, 56_000_000, 256, 8, **gpu) == plan(
         "cifar10", 32, 56_000_000, 256, 8, el_embedders=16, **gpu

@@ -56,6 +56,10 @@ CPU_BASE_MB = 1000
 # of 4 embedders, 1024-d features, 41.9 s and 10.9 s) -> 1.6e-7 s per embedder per pair; 2e-7 leaves a margin.
 # (On GPUs it is small next to the teacher: not modelled.)
 CPU_EL_SECONDS_PER_PAIR = 2e-7
+# ... and it holds every image's features of every embedder, generated and real, with their gradients: measured in
+# the rehearsal (Snakemake benchmarks, peak RSS), a batch-8192 ImageNet-64 cell with the 16-embedder EL at working
+# size 8 peaked at 3.7-3.8 GB against 1.6 GB without EL: 16.7 kB per image per embedder; 24 kB leaves a margin.
+CPU_EL_BYTES_PER_IMAGE = 24_000
 
 # Cost of one generated image in a SiD-class iteration, in FLOPs per (teacher parameter x network pixel):
 # about four forward+backward passes of the U-Net (DESIGN.md), each ~3x a forward, and a forward of an
@@ -168,7 +172,7 @@ def plan(
     gpus_per_node = 0, or a miniature teacher (< CPU_MAX_TEACHER_PARAMS), gives the CPU plan: gpus 0, one process
     whose batch_gpu is the largest divisor of batch that fits CPU_MEM_MB (cpu_batch_fit).
     Without total_images the cell is one job of max_runtime_min. el_embedders: the EL ensemble's size (0 = EL
-    off), for the CPU's time of the global-batch EL (CPU_EL_SECONDS_PER_PAIR)."""
+    off), for the CPU's time and memory of the global-batch EL (CPU_EL_SECONDS_PER_PAIR, CPU_EL_BYTES_PER_IMAGE)."""
     if not isinstance(dataset, str) or not dataset:
         raise ValueError(f"resources.plan: 'dataset' must be a non-empty name, got {dataset!r}")
     _positive_int("resolution", resolution)
@@ -212,7 +216,10 @@ def plan(
             seconds += math.ceil(total_images / batch) * el_embedders * batch**2 * CPU_EL_SECONDS_PER_PAIR
         total = math.ceil(seconds * RUNTIME_SAFETY / 60) + RUNTIME_OVERHEAD_MIN
     count, runtime = segments(total, max_runtime_min)
-    mem_mb = CPU_MEM_MB if cpu else HOST_MEM_MB_BASE + HOST_MEM_MB_PER_GPU * (gpus // nodes)
+    if cpu:
+        mem_mb = CPU_MEM_MB + math.ceil(el_embedders * batch * CPU_EL_BYTES_PER_IMAGE / 2**20)
+    else:
+        mem_mb = HOST_MEM_MB_BASE + HOST_MEM_MB_PER_GPU * (gpus // nodes)
     return {
         "gpus": gpus,
         "nodes": nodes,
