@@ -13,7 +13,6 @@ r x r matrix F S2 F^T and no d x d eigenproblem is solved at all.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import xlogy
 
 
 def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
@@ -54,6 +53,13 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, factor1=None) -> float:
     return float(max(fid, 0.0))  # only round-off can make it negative
 
 
+def _xlogy(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """x log y with 0 log y = 0, as scipy.special.xlogy (importing scipy.special costs every evaluation job ~0.45 s)."""
+    zero = x == 0
+    with np.errstate(divide="ignore"):  # x > 0, y = 0 gives -inf, silently as xlogy
+        return np.where(zero, 0.0, x * np.log(np.where(zero, 1.0, y)))
+
+
 def inception_score(probs, splits: int = 10) -> tuple[float, float]:
     """IS = exp(E_x KL(p(y|x) || p(y))) of class probabilities (N, K), as mean and std over `splits` equal
     consecutive splits (Salimans et al. 2016; the convention of the StyleGAN/EDM metric code)."""
@@ -63,7 +69,7 @@ def inception_score(probs, splits: int = 10) -> tuple[float, float]:
     scores = []
     for part in np.array_split(p, splits):
         marginal = part.mean(axis=0, keepdims=True)
-        kl = xlogy(part, part) - xlogy(part, marginal)  # p log(p / marginal), with 0 log 0 = 0
+        kl = _xlogy(part, part) - _xlogy(part, marginal)  # p log(p / marginal), with 0 log 0 = 0
         scores.append(np.exp(kl.sum(axis=1).mean()))
     return float(np.mean(scores)), float(np.std(scores))
 
