@@ -3,8 +3,6 @@ import re
 import sys
 from pathlib import Path
 
-import yaml
-
 from eldistill.cell import LPIPS_FILES
 from eldistill.grid import (
     ConfigError,
@@ -12,6 +10,7 @@ from eldistill.grid import (
     build_grid,
     merge,
     prepared_resolution,
+    read_yaml,
 )
 from eldistill.report.common import CONVERGENCE_PAIRS
 from eldistill.resources import retry_runtime, segment_images
@@ -22,7 +21,7 @@ SCHEMA = Path(workflow.basedir) / "config" / "schemas" / "config.schema.yaml"
 # No `configfile:` directive on purpose: a --configfile (paper.yaml, ci.yaml) replaces the embedded default
 # instead of being merged into it, so no experiment of the miniature leaks into the paper's grid.
 if "scale" not in config:
-    config.update(merge(yaml.safe_load(DEFAULT_CONFIG.read_text()), dict(config)))
+    config.update(merge(read_yaml(DEFAULT_CONFIG), dict(config)))
 
 try:
     GRID = build_grid(config, SCHEMA)

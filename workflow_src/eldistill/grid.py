@@ -146,12 +146,18 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_yaml(path: str | Path) -> Any:
+    """yaml.safe_load of a file, with libyaml's parser where PyYAML has it: same result, ~10x faster than the
+    pure-Python one, and every SLURM job's two Snakemake processes read the schema."""
+    return yaml.load(Path(path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def load_config(paths: list[str | Path]) -> dict[str, Any]:
     """Read and merge YAML config files, later files overriding earlier ones."""
     config: dict[str, Any] = {}
     for path in paths:
         try:
-            data = yaml.safe_load(Path(path).read_text())
+            data = read_yaml(path)
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
         except yaml.YAMLError as e:
@@ -183,11 +189,19 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-def validate_config(config: dict[str, Any], schema_path: str | Path | None = None) -> dict[str, Any]:
-    """Check the config against the JSON schema and return a copy with the schema's defaults filled in.
-    The first error names the key, e.g. `experiments.frameworks.base.batch: -1 is less than the minimum of 1`."""
-    schema_path = Path(schema_path or DEFAULT_SCHEMA)
-    schema = yaml.safe_load(schema_path.read_text())
+def load_schema(schema_path: str | Path | None = None) -> dict[str, Any]:
+    """The config's JSON schema (YAML)."""
+    return read_yaml(schema_path or DEFAULT_SCHEMA)
+
+
+def validate_config(
+    config: dict[str, Any], schema_path: str | Path | None = None, schema: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Check the config against the JSON schema (read from `schema_path` unless given as `schema`) and return a
+    copy with the schema's defaults filled in. The first error names the key, e.g.
+    `experiments.frameworks.base.batch: -1 is less than the minimum of 1`."""
+    if schema is None:
+        schema = load_schema(schema_path)
     config = copy.deepcopy(config)
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
@@ -537,8 +551,8 @@ def teacher_eval_runtime(
 
 def build_grid(config: dict[str, Any], schema_path: str | Path | None = None) -> Grid:
     """Validate the config and expand its experiments into cells; raise ConfigError naming the key."""
-    config = validate_config(config, schema_path)
-    schema = yaml.safe_load(Path(schema_path or DEFAULT_SCHEMA).read_text())
+    schema = load_schema(schema_path)
+    config = validate_config(config, schema=schema)
     _check_references(config)
     result = Grid(config=config, rows=[], cells={}, plans={})
     experiments = dict(config["experiments"])
