@@ -196,6 +196,23 @@ def test_every_shipped_config_is_valid():
         assert g.scale == scale and g.rows
 
 
+def test_configs_read_as_pyyaml_reads_them_and_bad_yaml_names_the_file(tmp_path):
+    # load_config and the schema go through libyaml where PyYAML has it: the same data as the pure-Python loader
+    shipped = sorted((REPO / "config").rglob("*.yaml")) + sorted((REPO / "slurm").rglob("*.yaml"))
+    assert len(shipped) >= 5
+    for path in shipped:
+        assert repr(grid_module.read_yaml(path)) == repr(yaml.load(path.read_text(), Loader=yaml.SafeLoader)), path
+    # safe: a tag that builds a Python object is refused, not run
+    hostile = tmp_path / "hostile.yaml"
+    hostile.write_text("scale: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ConfigError, match="hostile.yaml: not valid YAML"):
+        load_config([hostile])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("scale: [paper\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_config([broken])
+
+
 def test_dmd2_is_the_dmd_class_with_the_dmd2_recipe():
     g = grid([PAPER])
     (row,) = [r for r in g.rows if r["distiller"] == "dmd2" and not r["el"]]
