@@ -140,12 +140,16 @@ def test_evaluate_run_writes_records_and_skips_done_work(run, classifier, mini_r
     assert again == final and len(read_jsonl(run_dir / "fid.jsonl")) == 3
     monkeypatch.undo()
 
-    # the paper's minimum over three seed ranges of the final checkpoint
+    # the paper's minimum over three seed ranges of the final checkpoint; generator.pt is read once for all three
+    # and samples.png
+    reads, real_load = [], ev.load_generator
+    monkeypatch.setattr(ev, "load_generator", lambda path, device: reads.append(path) or real_load(path, device))
     best = ev.evaluate_run(run_dir, MINI, mini_reference, feature_net=classifier[0], num_samples=96,
                            aggregation="min-of-3-seeds", batch_size=64)  # fmt: skip
     per_range = best["fid_per_seed_range"]
     assert list(per_range) == ["0-95", "96-191", "192-287"] and best["seeds"] == "0-95,96-191,192-287"
     assert best["fid"] == min(per_range.values()) and len(set(per_range.values())) == 3
+    assert reads == [run_dir / "generator.pt"]
     assert per_range["96-191"] == pytest.approx(independent_fid(nets[1], range(96, 192), features, ref), rel=1e-5)
 
 

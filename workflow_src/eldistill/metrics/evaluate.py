@@ -233,6 +233,16 @@ def evaluate_run(
             if rec.get("kind") == "snapshot" and all(rec.get(k) == v for k, v in base.items()):
                 done[(rec.get("checkpoint_digest"), rec.get("seeds"))] = rec
 
+    # the last generator read, by content: min-of-3-seeds and samples.png reuse it instead of checking and loading
+    # the same file again (seconds each for a paper-scale EDM2 generator); one network in memory at a time
+    last_read: dict[str, tuple[torch.nn.Module, dict]] = {}
+
+    def read_generator(path: Path, digest: str) -> tuple[torch.nn.Module, dict]:
+        if digest not in last_read:
+            last_read.clear()
+            last_read[digest] = load_generator(path, device)
+        return last_read[digest]
+
     def codec_for(net, meta):
         key = json.dumps(meta.get("encoder"), sort_keys=True)
         if net.img_channels not in (1, 3) and key not in codecs:
@@ -245,7 +255,7 @@ def evaluate_run(
         if key in done and (not with_inception_score or "is_mean" in done[key]):
             return {**done[key], "checkpoint": str(path)}
         try:
-            net, meta = load_generator(path, device)
+            net, meta = read_generator(path, digest)
         except ValueError as e:
             raise UnreadableCheckpoint(str(e)) from None
         codec = codec_for(net, meta)
@@ -301,7 +311,7 @@ def evaluate_run(
     if not previous or previous[-1] != record:
         append_jsonl(record, log_path)  # the last "final" record is the cell's number
 
-    net, meta = load_generator(final_path, device)
+    net, meta = read_generator(final_path, file_digest(final_path, 16))
     save_grid(net, meta["sigma_init"], run_dir / "samples.png", device, codec_for(net, meta))
     return record
 
