@@ -118,7 +118,7 @@ def test_the_standins_are_the_pinned_bytes_in_the_published_formats(tmp_path):
 
 # The whole rehearsal: every experiment and cell of the paper grid at its own batch (214 jobs, up to batch 8192),
 # through the README's command (slurm/rehearsal/config.yaml: the local SLURM, two 1-CPU jobs at a time). It passed
-# in 19 min 54 s on an idle 2-core machine, in a clean-clone CI run (README, "The rehearsal"). For a quicker look,
+# in 19 min 06 s on an idle 2-core machine, in a clean-clone CI run (README, "The rehearsal"). For a quicker look,
 # ELDISTILL_REHEARSAL=subset runs the experiments that together use every rule of the paper's DAG: main (CIFAR-10
 # download and preparation, SiD and SiD2A with and without EL), small_batch at batch 16 (ImageNet 512: the latent
 # dataset encoded with the stand-in VAE, EDM2 teachers, decoding for FID) and the teachers' own FIDs, plus gradvar,

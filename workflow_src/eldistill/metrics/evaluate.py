@@ -233,11 +233,19 @@ def evaluate_run(
             if rec.get("kind") == "snapshot" and all(rec.get(k) == v for k, v in base.items()):
                 done[(rec.get("checkpoint_digest"), rec.get("seeds"))] = rec
 
-    # the last generator read, by content: min-of-3-seeds and samples.png reuse it instead of checking and loading
-    # the same file again (seconds each for a paper-scale EDM2 generator); one network in memory at a time
+    # each file's digest and the last generator read, once per evaluation: min-of-3-seeds and samples.png reuse
+    # them instead of hashing, checking and loading the same file again (seconds each for a paper-scale EDM2
+    # generator); one network in memory at a time
+    digests: dict[Path, str] = {}
     last_read: dict[str, tuple[torch.nn.Module, dict]] = {}
 
-    def read_generator(path: Path, digest: str) -> tuple[torch.nn.Module, dict]:
+    def digest_of(path: Path) -> str:
+        if path not in digests:
+            digests[path] = file_digest(path, 16)
+        return digests[path]
+
+    def read_generator(path: Path) -> tuple[torch.nn.Module, dict]:
+        digest = digest_of(path)
         if digest not in last_read:
             last_read.clear()
             last_read[digest] = load_generator(path, device)
@@ -250,12 +258,12 @@ def evaluate_run(
         return codecs.get(key) if net.img_channels not in (1, 3) else None
 
     def evaluate(path: Path, seeds: range) -> dict:
-        digest = file_digest(path, 16)
+        digest = digest_of(path)
         key = (digest, seed_string(seeds))
         if key in done and (not with_inception_score or "is_mean" in done[key]):
             return {**done[key], "checkpoint": str(path)}
         try:
-            net, meta = read_generator(path, digest)
+            net, meta = read_generator(path)
         except ValueError as e:
             raise UnreadableCheckpoint(str(e)) from None
         codec = codec_for(net, meta)
@@ -311,7 +319,7 @@ def evaluate_run(
     if not previous or previous[-1] != record:
         append_jsonl(record, log_path)  # the last "final" record is the cell's number
 
-    net, meta = read_generator(final_path, file_digest(final_path, 16))
+    net, meta = read_generator(final_path)
     save_grid(net, meta["sigma_init"], run_dir / "samples.png", device, codec_for(net, meta))
     return record
 
